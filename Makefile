@@ -1,0 +1,24 @@
+# `make demo`: set up .venv if missing, run the offline demo pipeline, print its table.
+# `make test`: set up .venv if missing, run the test suite.
+# `make bench`: set up .venv if missing, print speed and memory figures.
+VENV ?= .venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export DVC_SITE_CACHE_DIR := $(abspath .dvc-site-cache)
+
+.PHONY: demo test bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	cd demo && dvc repro
+	@cat demo/metrics/results.md
+
+test: $(VENV)/.installed
+	python -m pytest -q
+
+bench: $(VENV)/.installed
+	python -m benchmarks.bench

@@ -1,0 +1,55 @@
+"""Pictures people would rather look at than read: trigger galleries and loss histograms."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _show(ax, image: np.ndarray, title: str = "") -> None:
+    cmap = "gray" if image.shape[-1] == 1 else None
+    ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap=cmap, vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def trigger_gallery(clean: np.ndarray, triggered: np.ndarray, titles: list[str], suptitle: str):
+    """Rows: clean image, triggered image, and |difference| stretched to the full range."""
+    n = len(clean)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    diff = np.abs(triggered.astype(np.int16) - clean.astype(np.int16))
+    scale = 255.0 / max(int(diff.max()), 1)
+    for i in range(n):
+        _show(axes[0, i], clean[i], titles[i])
+        _show(axes[1, i], triggered[i])
+        _show(axes[2, i], np.clip(diff[i] * scale, 0, 255).astype(np.uint8))
+    for row, label in enumerate(["clean", "poisoned", f"|diff| x{scale:.0f}"]):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def loss_histogram(losses: np.ndarray, poisoned: np.ndarray, isolated: np.ndarray, title: str):
+    """Per-example training loss of clean vs poisoned examples, with the isolation cut-off."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    is_poisoned = np.zeros(len(losses), dtype=bool)
+    is_poisoned[poisoned] = True
+    bins = np.logspace(np.log10(max(losses.min(), 1e-6)), np.log10(max(losses.max(), 1e-5)), 60)
+    ax.hist(losses[~is_poisoned], bins=bins, alpha=0.6, label=f"clean ({(~is_poisoned).sum()})")
+    ax.hist(losses[is_poisoned], bins=bins, alpha=0.6, label=f"poisoned ({is_poisoned.sum()})")
+    if len(isolated):
+        ax.axvline(losses[isolated].max(), color="k", linestyle="--", label=f"isolated below ({len(isolated)})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("per-example cross-entropy after LGA training")
+    ax.set_ylabel("examples")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

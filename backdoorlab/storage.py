@@ -1,0 +1,76 @@
+"""Reading and writing artifacts safely.
+
+Every write goes to a temporary file in the target folder and is renamed into
+place, so a crash never leaves half an artifact. Arrays load with
+allow_pickle=False and checkpoints with weights_only=True: nothing on disk can
+run code when it is read.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:
+    for name, value in arrays.items():
+        if np.asarray(value).dtype == object:
+            raise TypeError(f"{name}: object arrays cannot be stored without pickle")
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def save_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def load_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """`state` holds tensors, numbers, strings and lists only, so it reloads with weights_only=True."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_figure(path: str | Path, figure) -> None:
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight")
