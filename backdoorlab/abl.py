@@ -47,37 +47,51 @@ def isolate_lowest(losses: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def train_isolation_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime, cfg: TrainingConfig,
-                          *, epochs: int, lr: float, gamma: float, per_example: bool,
+                          *, epochs: int, lr: float, gamma: float, per_example: bool, schedule: str = "constant",
                           on_epoch: Callable[[int, dict], None] | None = None) -> None:
-    fit(model, x, y, rt, cfg, epochs=epochs, lr=lr, loss_fn=lga_loss(gamma, per_example),
+    fit(model, x, y, rt, cfg, epochs=epochs, lr=lr, schedule=schedule, loss_fn=lga_loss(gamma, per_example),
         on_epoch=on_epoch, desc="isolate (LGA)")
+
+
+def ascent_loss(cap: float) -> LossFn:
+    """Cross-entropy weighted per example; a negative weight ascends, on a loss capped at `cap` (0: no cap).
+
+    The paper ascends on the raw loss, which has no maximum: once the isolated
+    examples are unlearned it keeps pushing and wrecks clean accuracy. Capping each
+    isolated example's loss stops the push for examples already forgotten.
+    """
+
+    def loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        losses = F.cross_entropy(logits, y, reduction="none")
+        ascending = torch.clamp(losses, max=cap) if cap > 0 else losses
+        return torch.where(weight < 0, weight * ascending, weight * losses).mean()
+
+    return loss
 
 
 def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.ndarray, rt: Runtime,
             cfg: TrainingConfig, *, finetune_epochs: int, finetune_lr: float, finetune_milestones: list[int],
-            epochs: int, lr: float, clean_weight: float = 0.0, freeze_bn: bool = False,
+            epochs: int, lr: float, batch_size: int, loss_cap: float = 0.0, clean_ratio: float = 0.0,
             on_finetune_epoch: Callable[[int, dict], None] | None = None,
             on_unlearn_epoch: Callable[[int, dict], None] | None = None) -> None:
     """Fine-tune on everything but `isolated`, then gradient ascent on `isolated`.
 
-    clean_weight > 0 adds as many randomly drawn non-isolated examples to each
-    unlearning epoch, with a descent weight of clean_weight (0: the paper's pure ascent).
+    clean_ratio > 0 keeps a clean-data term: round(clean_ratio * len(isolated)) randomly
+    drawn non-isolated examples join the unlearning set with ordinary descent
+    (0: the paper's pure ascent).
     """
     keep = np.ones(len(y), dtype=bool)
     keep[isolated] = False
-    rest = torch.from_numpy(np.flatnonzero(keep)).to(rt.device)
+    rest = np.flatnonzero(keep)
     if finetune_epochs:
-        fit(model, x[rest], y[rest], rt, cfg, epochs=finetune_epochs, lr=finetune_lr, schedule="step",
+        rest_t = torch.from_numpy(rest).to(rt.device)
+        fit(model, x[rest_t], y[rest_t], rt, cfg, epochs=finetune_epochs, lr=finetune_lr, schedule="step",
             milestones=finetune_milestones, on_epoch=on_finetune_epoch, desc="fine-tune")
     if not epochs:
         return
-    iso = torch.from_numpy(np.asarray(isolated)).to(rt.device)
-    weight = -torch.ones(len(iso), device=rt.device)
-    chosen = iso
-    if clean_weight > 0:
-        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        extra = rest[torch.randperm(len(rest), generator=gen)[: len(iso)].to(rt.device)]
-        chosen = torch.cat([iso, extra])
-        weight = torch.cat([weight, torch.full((len(extra),), clean_weight, device=rt.device)])
-    fit(model, x[chosen], y[chosen], rt, cfg, epochs=epochs, lr=lr, weight=weight, bn_frozen=freeze_bn,
-        on_epoch=on_unlearn_epoch, desc="unlearn (ascent)")
+    clean = np.random.default_rng(cfg.seed).choice(rest, size=min(len(rest), round(clean_ratio * len(isolated))),
+                                                   replace=False)
+    chosen = torch.from_numpy(np.concatenate([isolated, clean]).astype(np.int64)).to(rt.device)
+    weight = torch.cat([-torch.ones(len(isolated)), torch.ones(len(clean))]).to(rt.device)
+    fit(model, x[chosen], y[chosen], rt, cfg, epochs=epochs, lr=lr, weight=weight, loss_fn=ascent_loss(loss_cap),
+        on_epoch=on_unlearn_epoch, desc="unlearn (ascent)", batch_size=batch_size)

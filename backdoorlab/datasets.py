@@ -184,9 +184,9 @@ def _read_batch(data: bytes) -> dict:
     return _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
-def read_cifar10_archive(archive: str | Path, md5: str = CIFAR10_MD5) -> Dataset:
+def read_cifar10_archive(archive: str | Path, md5: str | None = None) -> Dataset:
     """Parse cifar-10-python.tar.gz (data_batch_1..5, test_batch, batches.meta) after checking its MD5."""
-    archive = Path(archive)
+    archive, md5 = Path(archive), md5 or CIFAR10_MD5
     actual = md5_of(archive)
     if actual != md5:
         raise DataSourceError(f"{archive}: MD5 is {actual}, expected {md5}; corrupt or not the "
@@ -221,7 +221,7 @@ def download_cifar10(root: str | Path) -> Path:
     root = Path(root)
     target = root / CIFAR10_ARCHIVE
     if check_integrity(str(target), CIFAR10_MD5):
-        return target
+        return target  # verified again, with the stdlib only, when it is read
     try:
         download_url(CIFAR10_URL, str(root), CIFAR10_ARCHIVE, CIFAR10_MD5)
     except Exception as exc:  # urllib raises URLError, OSError, RuntimeError...

@@ -117,6 +117,7 @@ SCHEMA: dict[str, Spec] = {
     "train.seed": integer(0),
     "isolate.epochs": integer(1),
     "isolate.lr": number(0.0, lo_open=True),
+    "isolate.schedule": choice("cosine", "step", "constant"),
     "isolate.gamma": number(0.0),
     "isolate.ratio": number(0.0, 1.0, lo_open=True),
     "isolate.lga": choice("batch", "per_example"),
@@ -125,8 +126,9 @@ SCHEMA: dict[str, Spec] = {
     "unlearn.finetune_milestones": int_list(1),
     "unlearn.epochs": integer(0),
     "unlearn.lr": number(0.0, lo_open=True),
-    "unlearn.clean_weight": number(0.0),
-    "unlearn.freeze_bn": boolean(),
+    "unlearn.batch_size": integer(1),
+    "unlearn.loss_cap": number(0.0),
+    "unlearn.clean_ratio": number(0.0),
 }
 
 # The knobs every training stage shares with `train` (model, optimiser, augmentation).

@@ -46,4 +46,9 @@ def results_table(evaluate_dir: Path, isolation_dir: Path) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(floatfmt=".1f", missingval="-") + "\n"
+    """Accuracies with one decimal, losses with three, '-' where a metric does not apply."""
+    shown = table.copy().astype(object)
+    for column in table.columns:
+        digits = 3 if "loss" in column else 1
+        shown[column] = [("-" if pd.isna(v) else f"{v:.{digits}f}") for v in table[column]]
+    return shown.to_markdown(colalign=("left",) + ("right",) * len(shown.columns)) + "\n"

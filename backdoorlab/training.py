@@ -105,21 +105,12 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -
     return (F.cross_entropy(logits, y, reduction="none") * weight).mean()
 
 
-def freeze_batchnorm(model: nn.Module) -> None:
-    """Keep BatchNorm's running statistics (and its use of them) fixed while the rest trains."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                 rt: Runtime, cfg: TrainingConfig, gen: torch.Generator, loss_fn: LossFn = cross_entropy,
-                desc: str = "train", batch_size: int | None = None, weight: torch.Tensor | None = None,
-                bn_frozen: bool = False) -> dict[str, float]:
+                desc: str = "train", batch_size: int | None = None,
+                weight: torch.Tensor | None = None) -> dict[str, float]:
     """One pass over (x, y) in random order; returns the mean loss and accuracy seen while training."""
     model.train()
-    if bn_frozen:
-        freeze_batchnorm(model)
     weight = torch.ones(len(y), device=rt.device) if weight is None else weight
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(total=len(y), desc=desc, unit="img", leave=False, mininterval=1.0)
@@ -184,8 +175,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime, cfg: Tr
         epochs: int, lr: float, schedule: str = "constant", milestones: list[int] = (),
         loss_fn: LossFn = cross_entropy, optimizer: torch.optim.Optimizer | None = None,
         on_epoch: Callable[[int, dict], None] | None = None, desc: str = "train",
-        batch_size: int | None = None, weight: torch.Tensor | None = None,
-        bn_frozen: bool = False) -> torch.optim.Optimizer:
+        batch_size: int | None = None, weight: torch.Tensor | None = None) -> torch.optim.Optimizer:
     """Train for `epochs` passes; `on_epoch(epoch, stats)` sees each epoch's lr, loss and accuracy."""
     gen = torch.Generator(device=rt.device)
     gen.manual_seed(cfg.seed)
@@ -195,7 +185,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime, cfg: Tr
         for group in optimizer.param_groups:
             group["lr"] = epoch_lr
         stats = train_epoch(model, x, y, optimizer, rt, cfg, gen, loss_fn, desc=f"{desc} {epoch + 1}/{epochs}",
-                            batch_size=batch_size, weight=weight, bn_frozen=bn_frozen)
+                            batch_size=batch_size, weight=weight)
         if on_epoch:
             on_epoch(epoch, {"lr": epoch_lr, "train_loss": stats["loss"], "train_acc": stats["acc"]})
     return optimizer

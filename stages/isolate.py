@@ -25,7 +25,7 @@ from backdoorlab.pipeline import (LOGS, METRICS, MONITOR_SIZE, PLOTS, EpochLog, 
 from backdoorlab.storage import save_arrays, save_checkpoint, save_figure, save_json
 from backdoorlab.training import Runtime, TrainingConfig, per_example_losses
 
-PARAMS = params.TRAINING_KEYS + ["isolate.epochs", "isolate.lr", "isolate.gamma", "isolate.ratio", "isolate.lga"]
+PARAMS = params.TRAINING_KEYS + ["isolate.epochs", "isolate.lr", "isolate.schedule", "isolate.gamma", "isolate.ratio", "isolate.lga"]
 
 
 def main(args) -> None:
@@ -40,6 +40,7 @@ def main(args) -> None:
     log = EpochLog(LOGS / "isolate" / name)
     train_isolation_model(model, x, y, rt, cfg, epochs=p["isolate.epochs"], lr=p["isolate.lr"],
                           gamma=p["isolate.gamma"], per_example=p["isolate.lga"] == "per_example",
+                          schedule=p["isolate.schedule"],
                           on_epoch=lambda e, s: log.log({**s, **monitor.clean_and_attack(model, rt)}))
 
     losses = per_example_losses(model, x, y, rt).cpu().numpy()

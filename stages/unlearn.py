@@ -23,7 +23,8 @@ from backdoorlab.storage import load_arrays, save_checkpoint
 from backdoorlab.training import Runtime, TrainingConfig, accuracy_and_loss
 
 PARAMS = params.TRAINING_KEYS + ["unlearn.finetune_epochs", "unlearn.finetune_lr", "unlearn.finetune_milestones",
-                                 "unlearn.epochs", "unlearn.lr", "unlearn.clean_weight", "unlearn.freeze_bn"]
+                                 "unlearn.epochs", "unlearn.lr", "unlearn.batch_size", "unlearn.loss_cap",
+                                 "unlearn.clean_ratio"]
 
 
 def main(args) -> None:
@@ -55,8 +56,8 @@ def main(args) -> None:
         unlearn_log.log(unlearning_state())
     unlearn(model, x, y, isolated, rt, cfg, finetune_epochs=p["unlearn.finetune_epochs"],
             finetune_lr=p["unlearn.finetune_lr"], finetune_milestones=p["unlearn.finetune_milestones"],
-            epochs=p["unlearn.epochs"], lr=p["unlearn.lr"], clean_weight=p["unlearn.clean_weight"],
-            freeze_bn=p["unlearn.freeze_bn"], on_finetune_epoch=on_finetune_epoch,
+            epochs=p["unlearn.epochs"], lr=p["unlearn.lr"], batch_size=p["unlearn.batch_size"],
+            loss_cap=p["unlearn.loss_cap"], clean_ratio=p["unlearn.clean_ratio"], on_finetune_epoch=on_finetune_epoch,
             on_unlearn_epoch=lambda e, s: unlearn_log.log(unlearning_state(s)))
     save_checkpoint(model_file(name, "abl"), model.checkpoint(trained_on=name, defense="abl"))
     print(f"unlearn {name}: {full.clean_and_attack(model, rt)} "

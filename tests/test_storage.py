@@ -1,0 +1,49 @@
+"""Artifacts are written atomically and read back without running code."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backdoorlab.storage import atomic_path, load_arrays, load_checkpoint, save_arrays, save_json
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
+    target = tmp_path / "out" / "result.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_rewrite_replaces_the_old_file_whole(tmp_path):
+    save_json(tmp_path / "m.json", {"a": 1})
+    save_json(tmp_path / "m.json", {"a": 2})
+    assert (tmp_path / "m.json").read_text().strip().endswith("}")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_arrays_round_trip_and_object_arrays_are_refused(tmp_path):
+    save_arrays(tmp_path / "a.npz", x=np.arange(3, dtype=np.uint8), names=np.array(["cat", "dog"]))
+    loaded = load_arrays(tmp_path / "a.npz")
+    assert loaded["x"].tolist() == [0, 1, 2] and loaded["names"].tolist() == ["cat", "dog"]
+    with pytest.raises(TypeError):
+        save_arrays(tmp_path / "b.npz", x=np.array([{"a": 1}], dtype=object))
+
+
+def test_pickled_arrays_do_not_load(tmp_path):
+    np.savez(tmp_path / "evil.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_arrays(tmp_path / "evil.npz")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoints_holding_arbitrary_objects_do_not_load(tmp_path):
+    torch.save({"state_dict": {}, "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_checkpoint(tmp_path / "evil.pt")
