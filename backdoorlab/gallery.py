@@ -18,10 +18,12 @@ def _show(ax, image: np.ndarray, title: str = "") -> None:
         ax.set_title(title, fontsize=7)
 
 
-def trigger_gallery(clean: np.ndarray, triggered: np.ndarray, titles: list[str], suptitle: str):
-    """Rows: clean image, triggered image, and |difference| stretched to the full range."""
+def trigger_gallery(clean: np.ndarray, triggered: np.ndarray, titles: list[str], suptitle: str,
+                    pattern: np.ndarray | None = None):
+    """Rows: clean image, triggered image, |difference| stretched to the full range; then the pattern."""
     n = len(clean)
-    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    rows = 3 if pattern is None else 4
+    fig, axes = plt.subplots(rows, n, figsize=(1.3 * n, 1.4 * rows), squeeze=False)
     diff = np.abs(triggered.astype(np.int16) - clean.astype(np.int16))
     scale = 255.0 / max(int(diff.max()), 1)
     for i in range(n):
@@ -30,6 +32,11 @@ def trigger_gallery(clean: np.ndarray, triggered: np.ndarray, titles: list[str],
         _show(axes[2, i], np.clip(diff[i] * scale, 0, 255).astype(np.uint8))
     for row, label in enumerate(["clean", "poisoned", f"|diff| x{scale:.0f}"]):
         axes[row, 0].set_ylabel(label, fontsize=8)
+    if pattern is not None:
+        _show(axes[3, 0], pattern)
+        axes[3, 0].set_ylabel("trigger on grey", fontsize=8)
+        for ax in axes[3, 1:]:
+            ax.axis("off")
     fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     return fig

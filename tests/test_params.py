@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from backdoorlab import params
+from backdoorlab.attacks import ATTACKS
 from backdoorlab.datasets import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def drop_key(key: str):
 
 CASES = {
     "unknown attack": (lambda t: None, ["stages.poison", "nope"],
-                       "error: attack: unknown attack 'nope'; allowed: badnets"),
+                       "error: attack: unknown attack 'nope'; allowed: " + ", ".join(ATTACKS)),
     "rate 1.5": (set_key("attack.badnets_rate", 1.5), ["stages.poison", "badnets"],
                  "error: attack.badnets_rate: got 1.5 (float); allowed: a number in [0, 1]"),
     "target 10 of 10 classes": (set_key("attack.target", 10), ["stages.poison", "badnets"],

@@ -4,9 +4,13 @@ from __future__ import annotations
 from ..params import ParamError
 from .base import Attack, PoisonedSets
 from .badnets import BadNets
+from .blend import Blend
+from .sig import SIG
 
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
     BadNets,
+    Blend,
+    SIG,
 )}
 
 

@@ -53,6 +53,10 @@ class Attack(ABC):
         """The training-time change; the trigger itself unless the attack says otherwise."""
         return self.trigger(x)
 
+    def pattern(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """What the trigger adds, as a uint8 picture for galleries: the trigger applied to mid-grey."""
+        return self.trigger(np.full((1, *shape), 128, dtype=np.uint8))[0]
+
     def select(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         rate = self.knobs[self.rate_knob]
         if self.clean_label:
