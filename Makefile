@@ -1,12 +1,13 @@
 # `make demo`: set up .venv if missing, run the offline demo pipeline, print its table.
 # `make test`: set up .venv if missing, run the test suite.
 # `make bench`: set up .venv if missing, print speed and memory figures.
+# `make cifar10-cpu`: the CPU-sized CIFAR-10 run (about 75 min on 2 cores; needs ../shared).
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(abspath .dvc-site-cache)
 
-.PHONY: demo test bench
+.PHONY: demo test bench cifar10-cpu
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -19,6 +20,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	python -m pytest -q
+
+cifar10-cpu: $(VENV)/.installed
+	cd cifar10-cpu && dvc repro
+	@cat cifar10-cpu/metrics/results.md
 
 bench: $(VENV)/.installed
 	python -m benchmarks.bench

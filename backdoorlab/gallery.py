@@ -60,3 +60,32 @@ def loss_histogram(losses: np.ndarray, poisoned: np.ndarray, isolated: np.ndarra
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def eps_sweep(image: np.ndarray, rows: dict[str, list[tuple[float, np.ndarray]]], title: str):
+    """One image, then its perturbed versions: a row per norm, a column per eps."""
+    columns = 1 + max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 1.8 * len(rows)), squeeze=False)
+    for r, (norm, versions) in enumerate(rows.items()):
+        _show(axes[r, 0], image, "original")
+        axes[r, 0].set_ylabel(norm, fontsize=8)
+        for c, (eps, perturbed) in enumerate(versions, start=1):
+            _show(axes[r, c], perturbed, f"eps {eps:g}")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def generated_triggers(images: np.ndarray, masks: np.ndarray, patterns: np.ndarray, triggered: np.ndarray,
+                       title: str):
+    """Rows: clean images, their masks, their patterns, the triggered images."""
+    n = len(images)
+    fig, axes = plt.subplots(4, n, figsize=(1.3 * n, 5.6), squeeze=False)
+    for i in range(n):
+        for row, picture in enumerate((images[i], masks[i], patterns[i], triggered[i])):
+            _show(axes[row, i], picture)
+    for row, label in enumerate(["clean", "mask M(x)", "pattern G(x)", "x + M(G - x)"]):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

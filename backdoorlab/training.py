@@ -19,6 +19,9 @@ from tqdm.auto import tqdm
 
 # (logits, labels, per-example weights) -> scalar; a weight of -1 turns descent into ascent
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (model input in [0, 1], labels) -> (new input, new labels, extra loss or None), applied to each batch after
+# augmentation: adversarial training perturbs the input, the input-aware attack stamps generated triggers
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 EVAL_BATCH = 1024
 
 
@@ -107,8 +110,8 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -
 
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                 rt: Runtime, cfg: TrainingConfig, gen: torch.Generator, loss_fn: LossFn = cross_entropy,
-                desc: str = "train", batch_size: int | None = None,
-                weight: torch.Tensor | None = None) -> dict[str, float]:
+                desc: str = "train", batch_size: int | None = None, weight: torch.Tensor | None = None,
+                batch_transform: BatchTransform | None = None) -> dict[str, float]:
     """One pass over (x, y) in random order; returns the mean loss and accuracy seen while training."""
     model.train()
     weight = torch.ones(len(y), device=rt.device) if weight is None else weight
@@ -116,10 +119,14 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: t
     bar = tqdm(total=len(y), desc=desc, unit="img", leave=False, mininterval=1.0)
     for idx in batches(len(y), batch_size or cfg.batch_size, gen, rt.device):
         xb = rt.model_input(augment(x[idx], cfg.augment, gen))
-        yb = y[idx]
+        yb, extra = y[idx], None
+        if batch_transform is not None:
+            xb, yb, extra = batch_transform(xb, yb)
         with rt.amp():
             logits = model(xb)
         loss = loss_fn(logits.float(), yb, weight[idx])
+        if extra is not None:
+            loss = loss + extra
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: the loss became {loss.item()}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
@@ -175,7 +182,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime, cfg: Tr
         epochs: int, lr: float, schedule: str = "constant", milestones: list[int] = (),
         loss_fn: LossFn = cross_entropy, optimizer: torch.optim.Optimizer | None = None,
         on_epoch: Callable[[int, dict], None] | None = None, desc: str = "train",
-        batch_size: int | None = None, weight: torch.Tensor | None = None) -> torch.optim.Optimizer:
+        batch_size: int | None = None, weight: torch.Tensor | None = None,
+        batch_transform: BatchTransform | None = None) -> torch.optim.Optimizer:
     """Train for `epochs` passes; `on_epoch(epoch, stats)` sees each epoch's lr, loss and accuracy."""
     gen = torch.Generator(device=rt.device)
     gen.manual_seed(cfg.seed)
@@ -185,7 +193,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime, cfg: Tr
         for group in optimizer.param_groups:
             group["lr"] = epoch_lr
         stats = train_epoch(model, x, y, optimizer, rt, cfg, gen, loss_fn, desc=f"{desc} {epoch + 1}/{epochs}",
-                            batch_size=batch_size, weight=weight)
+                            batch_size=batch_size, weight=weight, batch_transform=batch_transform)
         if on_epoch:
             on_epoch(epoch, {"lr": epoch_lr, "train_loss": stats["loss"], "train_acc": stats["acc"]})
     return optimizer

@@ -5,9 +5,12 @@ Reads   data/dataset.npz; params attack.target, attack.seed and the attack's own
 Writes  data/poisoned/<attack>/train.npz  x, y (as trained), y_true, poison_indices (ground truth)
         data/poisoned/<attack>/test.npz   x, y (= target), y_true, indices: non-target test images, triggered
         data/poisoned/<attack>/meta.json  attack, target, knobs, counts, classes
-        plots/gallery/<attack>.png        clean vs poisoned training images
+        plots/gallery/<attack>.png        clean vs poisoned training images, and the trigger
+        plots/gallery/<attack>_*.png      any extra pictures the attack draws (e.g. clean_label_eps.png)
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from backdoorlab import params
 from backdoorlab.attacks import attack_class, param_keys
@@ -21,11 +24,12 @@ def main(args) -> None:
     name = check_attack_name(args.attack)
     cls = attack_class(name)
     p = params.load(param_keys(name), extra={f"attack.{k}": spec for k, spec in cls.knobs.items()})
-    require(DATASET)
+    require(DATASET, *map(Path, cls.inputs))
     data = Dataset.load(DATASET)
     params.check_target(p["attack.target"], data.num_classes)
     knobs = {k: p[f"attack.{k}"] for k in cls.knobs}
     attack = cls(knobs, p["attack.target"], p["attack.seed"])
+    attack.load_inputs()
     sets = attack.make_sets(data.x_train, data.y_train, data.x_test, data.y_test)
 
     out = poisoned_dir(name)
@@ -42,8 +46,10 @@ def main(args) -> None:
                              [f"{data.classes[a]}->{data.classes[b]}" for a, b in
                               zip(sets.y_train_true[shown], sets.y_train[shown])],
                              f"{name}: {len(sets.poison_indices)} of {len(sets.y_train)} training images poisoned, "
-                             f"target {data.classes[attack.target]!r}")
+                             f"target {data.classes[attack.target]!r}", pattern=attack.pattern(data.x_train.shape[1:]))
     save_figure(PLOTS / "gallery" / f"{name}.png", figure)
+    for figure_name, extra in attack.figures(data.x_train, data.y_train).items():
+        save_figure(PLOTS / "gallery" / f"{name}_{figure_name}.png", extra)
     print(f"{name}: poisoned {len(sets.poison_indices)}/{len(sets.y_train)} training images "
           f"({'labels kept' if cls.clean_label else f'relabelled to {attack.target}'}); "
           f"{len(sets.y_test)} triggered test images -> {out}")

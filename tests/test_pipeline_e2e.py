@@ -16,6 +16,8 @@ from backdoorlab.attacks import ATTACKS
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {  # the demo's params, shrunk: real digits from scikit-learn, one or two epochs
     "data": {"source": "sklearn-digits", "sha256": "", "train_size": 0, "test_size": 300, "seed": 0},
+    "attack": {"cl_steps": 3, "ia_epochs": 1},
+    "surrogate": {"epochs": 1, "adv_steps": 2},
     "train": {"arch": "convnet", "epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "cosine",
               "milestones": [], "momentum": 0.9, "weight_decay": 0.0005, "augment": "crop",
               "precision": "fp32", "seed": 0},
@@ -46,8 +48,10 @@ def repo(tmp_path_factory) -> Path:
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     for package in ("stages", "backdoorlab"):
         shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    demo = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump({**demo, **TINY}, sort_keys=False))
+    tiny = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
+    for group, values in TINY.items():
+        tiny[group].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
     (repo / ".gitignore").write_text("__pycache__/\n")
     shell(repo, "git", "init", "-q")
     shell(repo, sys.executable, "-m", "dvc", "init", "-q")
@@ -64,11 +68,18 @@ def first_run(repo) -> str:
 
 def test_repro_builds_every_row_of_the_results_table(repo, first_run):
     table = (repo / "metrics" / "results.md").read_text()
-    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
     expected = ["clean data (reference)"]
     for attack in ATTACKS:
+        if attack == "input_aware":
+            expected.append("input_aware, attacker's own model")
         expected += [f"{attack}, no defense", f"{attack} + ABL"]
     assert rows == expected
+    assert "clean_label surrogate (adversarially trained)" in table
+    assert "cross-trigger" in table
+    assert (repo / "plots" / "unlearning.png").exists()
+    assert (repo / "plots" / "gallery" / "clean_label_eps.png").exists()
+    assert (repo / "plots" / "gallery" / "input_aware_triggers.png").exists()
     for attack in ATTACKS:
         assert (repo / "plots" / "gallery" / f"{attack}.png").stat().st_size > 1000
         assert (repo / "logs" / "unlearn" / attack / "asr.tsv").read_text().startswith("epoch\tasr\n")
@@ -79,17 +90,23 @@ def test_a_second_repro_has_nothing_to_do(repo, first_run):
     assert stages_run(shell(repo, sys.executable, "-m", "dvc", "repro")) == set()
 
 
+def attack_stages(attack: str) -> set[str]:
+    return {f"poison_{attack}", f"train@{attack}", f"isolate@{attack}", f"unlearn@{attack}",
+            f"evaluate@{attack}", "report"}
+
+
 def test_exp_run_on_a_badnets_knob_reruns_only_badnets_stages(repo, first_run):
     output = shell(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "attack.badnets_rate=0.2")
-    assert stages_run(output) == {"poison_badnets", "train@badnets", "isolate@badnets", "unlearn@badnets",
-                                  "evaluate@badnets", "report"}
+    assert stages_run(output) == attack_stages("badnets")
     poisoned = yaml.safe_load((repo / "data/poisoned/badnets/meta.json").read_text())
     assert poisoned["knobs"] == {"badnets_rate": 0.2}
+    shell(repo, "git", "add", "-A")
+    shell(repo, "git", "commit", "-qm", "badnets at 20%")
 
 
-def test_metrics_diff_compares_against_the_committed_run(repo, first_run):
-    shell(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "attack.badnets_rate=0.3")
-    diff = shell(repo, sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--json")
-    changed = yaml.safe_load(diff)
-    assert any(path.endswith("evaluate/badnets.json") for path in changed)
-    assert not any(path.endswith("evaluate/clean.json") for path in changed)
+def test_exp_run_on_sig_delta_reruns_only_sig_and_metrics_diff_shows_only_sig(repo, first_run):
+    output = shell(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "attack.delta=20")
+    assert stages_run(output) == attack_stages("sig")
+    diff = yaml.safe_load(shell(repo, sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--json"))
+    assert diff, "the SIG metrics should differ from the committed run"
+    assert all(path.endswith(("evaluate/sig.json", "isolation/sig.json")) for path in diff), list(diff)

@@ -5,12 +5,16 @@ from ..params import ParamError
 from .base import Attack, PoisonedSets
 from .badnets import BadNets
 from .blend import Blend
+from .clean_label import CleanLabel
+from .input_aware import InputAware
 from .sig import SIG
 
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
     BadNets,
     Blend,
     SIG,
+    CleanLabel,
+    InputAware,
 )}
 
 

@@ -39,11 +39,20 @@ class Attack(ABC):
     rate_knob: ClassVar[str]
     #: True: poison a share of the target class and keep labels; False: relabel non-target images
     clean_label: ClassVar[bool] = False
+    #: artifacts of earlier stages the attack reads, e.g. a surrogate model (paths relative to dvc.yaml)
+    inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, knobs: dict[str, Any], target: int, seed: int = 0):
         self.knobs = knobs
         self.target = target
         self.seed = seed
+
+    def load_inputs(self) -> None:
+        """Read `inputs` before poisoning; attacks without inputs have nothing to do."""
+
+    def figures(self, x: np.ndarray, y: np.ndarray) -> dict:
+        """Extra pictures for the gallery, {name: matplotlib figure}, from the clean training set."""
+        return {}
 
     @abstractmethod
     def trigger(self, x: np.ndarray) -> np.ndarray:

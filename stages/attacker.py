@@ -1,0 +1,84 @@
+"""Stage `attacker`: train the input-aware attack's trigger generator, mask network and classifier.
+
+Reads   data/dataset.npz ; params attack.target, attack.ia_* (p_attack, p_cross, lambda_div,
+        mask_density, lambda_norm, epochs, lr_classifier, lr_generator),
+        train.{arch,batch_size,momentum,weight_decay,augment,precision,seed}
+Writes  models/attacker.pt         the trigger nets G and M (and the attacker's classifier)
+        metrics/attacker.json      the attacker's own model: clean accuracy, attack success rate
+                                   (non-target test images with their own trigger), cross-trigger
+                                   accuracy (another image's trigger, true label expected)
+        logs/attacker/             per-epoch curves
+A non-finite loss stops training at once with the epoch named, and nothing is written.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from backdoorlab import metrics, params
+from backdoorlab.attacks.input_aware import ATTACKER, AttackerTraining, JointOptimizer, TriggerNets, apply_nets
+from backdoorlab.datasets import Dataset
+from backdoorlab.pipeline import DATASET, LOGS, METRICS, EpochLog, new_model, require, run_stage, stage_parser
+from backdoorlab.storage import save_checkpoint, save_json
+from backdoorlab.training import Runtime, TrainingConfig, fit, predict, sgd
+
+PARAMS = ["attack.target", "attack.ia_p_attack", "attack.ia_p_cross", "attack.ia_lambda_div",
+          "attack.ia_mask_density", "attack.ia_lambda_norm", "attack.ia_epochs", "attack.ia_lr_classifier",
+          "attack.ia_lr_generator"] + params.TRAINING_KEYS
+
+
+def attacker_scores(classifier, nets: TriggerNets, rt: Runtime, x: np.ndarray, y: np.ndarray, target: int) -> dict:
+    """Clean accuracy, ASR with each image's own trigger, accuracy with another image's trigger."""
+    def predictions(images: np.ndarray) -> np.ndarray:
+        return predict(classifier, rt.tensors(images), rt).argmax(1).cpu().numpy()
+
+    others = np.roll(np.arange(len(x)), len(x) // 2)
+    non_target = y != target
+    return {"clean_acc": metrics.accuracy(predictions(x), y),
+            "attack_asr": metrics.attack_success_rate(predictions(apply_nets(nets, x[non_target], rt.device)),
+                                                      y[non_target], target),
+            "cross_trigger_acc": metrics.accuracy(predictions(apply_nets(nets, x, rt.device, x[others])), y)}
+
+
+def main(args) -> None:
+    p = params.load(PARAMS)
+    cfg = TrainingConfig.from_params(p)
+    require(DATASET)
+    data = Dataset.load(DATASET)
+    params.check_target(p["attack.target"], data.num_classes)
+    if p["attack.ia_p_attack"] + p["attack.ia_p_cross"] > 1:
+        raise params.ParamError(f"attack.ia_p_cross: got {p['attack.ia_p_cross']} with attack.ia_p_attack "
+                                f"{p['attack.ia_p_attack']}; allowed: the two sum to at most 1")
+    rt = Runtime.pick(cfg.precision)
+    classifier = rt.prepare(new_model(cfg.arch, data.x_train, data.num_classes, cfg.seed))
+    nets = TriggerNets(data.x_train.shape[-1]).to(rt.device).train()
+    training = AttackerTraining(nets, p["attack.target"], p["attack.ia_p_attack"], p["attack.ia_p_cross"],
+                                p["attack.ia_lambda_div"], p["attack.ia_mask_density"], p["attack.ia_lambda_norm"])
+    optimizer = JointOptimizer(sgd(classifier, p["attack.ia_lr_classifier"], cfg),
+                               torch.optim.Adam(nets.parameters(), lr=p["attack.ia_lr_generator"]))
+    x, y = rt.tensors(data.x_train, data.y_train)
+    pick = np.random.default_rng(0).permutation(len(data.y_test))[:2000]
+    log = EpochLog(LOGS / "attacker")
+
+    def on_epoch(epoch: int, stats: dict) -> None:
+        log.log({**stats, **attacker_scores(classifier, nets, rt, data.x_test[pick], data.y_test[pick],
+                                            p["attack.target"])})
+        nets.train()
+
+    try:
+        fit(classifier, x, y, rt, cfg, epochs=p["attack.ia_epochs"], lr=p["attack.ia_lr_classifier"],
+            schedule="cosine", optimizer=optimizer, batch_transform=training, on_epoch=on_epoch, desc="attacker")
+    except FloatingPointError as exc:
+        print(f"error: attacker training diverged ({exc}); nothing written. Lower attack.ia_lr_generator "
+              "or attack.ia_lr_classifier", file=sys.stderr)
+        sys.exit(1)
+    scores = attacker_scores(classifier, nets, rt, data.x_test, data.y_test, p["attack.target"])
+    save_checkpoint(ATTACKER, {"nets": nets.checkpoint(), "classifier": classifier.checkpoint()})
+    save_json(METRICS / "attacker.json", scores)
+    print(f"attacker: {scores}")
+
+
+if __name__ == "__main__":
+    run_stage(main, stage_parser("attacker", __doc__))
