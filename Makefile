@@ -1,13 +1,14 @@
 # `make demo`: set up .venv if missing, run the offline demo pipeline, print its table.
 # `make test`: set up .venv if missing, run the test suite.
 # `make bench`: set up .venv if missing, print speed and memory figures.
+# `make pipelines`: copy dvc.yaml into the configuration folders after editing it.
 # `make cifar10-cpu`: the CPU-sized CIFAR-10 run (about 75 min on 2 cores; needs ../shared).
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(abspath .dvc-site-cache)
 
-.PHONY: demo test bench cifar10-cpu
+.PHONY: demo test bench cifar10-cpu pipelines
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -27,3 +28,6 @@ cifar10-cpu: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	python -m benchmarks.bench
+
+pipelines:
+	for config in demo cifar10-cpu; do cp dvc.yaml $$config/dvc.yaml; done
