@@ -2,7 +2,7 @@
 # `make test`: set up .venv if missing, run the test suite.
 # `make bench`: set up .venv if missing, print speed and memory figures.
 # `make pipelines`: copy dvc.yaml into the configuration folders after editing it.
-# `make cifar10-cpu`: the CPU-sized CIFAR-10 run (about 75 min on 2 cores; needs ../shared).
+# `make cifar10-cpu`: the CPU-sized CIFAR-10 run, all five attacks (about 2 h 20 min on 2 cores; needs ../shared).
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1

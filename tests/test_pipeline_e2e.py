@@ -43,18 +43,27 @@ def stages_run(output: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    """A git repository laid out like this one: the code at the top, the pipeline in a configuration
+    folder made like demo/ (its dvc.yaml, links to the code, a DVC sub-repository), on tiny params."""
+    top = tmp_path_factory.mktemp("e2e") / "repo"
+    top.mkdir()
     for package in ("stages", "backdoorlab"):
-        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / package, top / package, ignore=shutil.ignore_patterns("__pycache__"))
+    repo = top / "config"
+    repo.mkdir()
+    for entry in ("dvc.yaml", "stages", "backdoorlab"):
+        source = ROOT / "demo" / entry
+        if source.is_symlink():
+            (repo / entry).symlink_to(os.readlink(source))
+        else:
+            shutil.copy(source, repo / entry)
     tiny = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
     for group, values in TINY.items():
         tiny[group].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    shell(repo, "git", "init", "-q")
-    shell(repo, sys.executable, "-m", "dvc", "init", "-q")
+    (top / ".gitignore").write_text("__pycache__/\n")
+    shell(top, "git", "init", "-q")
+    shell(repo, sys.executable, "-m", "dvc", "init", "--subdir", "-q")
     return repo
 
 
