@@ -8,6 +8,7 @@ run code when it is read.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -68,9 +69,16 @@ def save_text(path: str | Path, text: str) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """`state` holds tensors, numbers, strings and lists only, so it reloads with weights_only=True."""
+    """`state` holds tensors, numbers, strings and lists only, so it reloads with weights_only=True.
+
+    Serialised in memory first: torch.save names the archive's root folder after the file it writes,
+    which would be the random temporary name, so the same weights would give different bytes (and
+    DVC would see a changed output on every rerun).
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

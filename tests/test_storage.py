@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from backdoorlab.storage import atomic_path, load_arrays, load_checkpoint, save_arrays, save_json
+from backdoorlab.storage import atomic_path, load_arrays, load_checkpoint, save_arrays, save_checkpoint, save_json
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
@@ -57,3 +57,10 @@ def test_identical_arrays_give_byte_identical_files(tmp_path):
     time.sleep(2.1)  # zip timestamps have a two-second resolution
     save_arrays(tmp_path / "b.npz", x=np.arange(1000), y=np.ones((3, 4), dtype=np.uint8))
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_identical_weights_give_byte_identical_checkpoints(tmp_path):
+    state = {"weight": torch.arange(6.0).reshape(2, 3), "epochs": 3}
+    save_checkpoint(tmp_path / "a.pt", state)
+    save_checkpoint(tmp_path / "b.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
