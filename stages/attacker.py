@@ -37,9 +37,9 @@ def attacker_scores(classifier, nets: TriggerNets, rt: Runtime, x: np.ndarray, y
     others = np.roll(np.arange(len(x)), len(x) // 2)
     non_target = y != target
     return {"clean_acc": metrics.accuracy(predictions(x), y),
-            "attack_asr": metrics.attack_success_rate(predictions(apply_nets(nets, x[non_target], rt.device)),
+            "attack_asr": metrics.attack_success_rate(predictions(apply_nets(nets, x[non_target], rt)),
                                                       y[non_target], target),
-            "cross_trigger_acc": metrics.accuracy(predictions(apply_nets(nets, x, rt.device, x[others])), y)}
+            "cross_trigger_acc": metrics.accuracy(predictions(apply_nets(nets, x, rt, x[others])), y)}
 
 
 def main(args) -> None:

@@ -79,7 +79,7 @@ def test_a_non_finite_loss_stops_attacker_training_naming_the_epoch():
 
 def test_poisoned_training_images_are_relabelled_to_the_target():
     attack = InputAware({"ia_rate": 0.2}, target=1, seed=0)
-    attack.nets, attack.device = trained_nets(1), torch.device("cpu")
+    attack.nets, attack.rt = trained_nets(1), CPU
     x = np.random.default_rng(0).integers(0, 256, (50, 16, 16, 3), dtype=np.uint8)
     y = np.arange(50) % 5
     sets = attack.make_sets(x, y, x, y)

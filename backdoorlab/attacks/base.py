@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..params import ParamError, Spec
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -100,3 +103,9 @@ class Attack(ABC):
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """Clip to the pixel range in float, then round: no uint8 wrap-around (the reference code's bug)."""
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def tensor_to_uint8(t: "torch.Tensor") -> np.ndarray:
+    """Model-input images (N, C, H, W) in [0, 1] back to uint8 (N, H, W, C): the inverse of
+    `Runtime.model_input`, rounded and clipped by `to_uint8`."""
+    return to_uint8(t.detach().float().permute(0, 2, 3, 1).mul(255).cpu().numpy())

@@ -18,7 +18,7 @@ import torch
 
 from ..params import boolean, choice, integer, number, rate
 from ..pgd import pgd
-from .base import Attack, to_uint8
+from .base import Attack, tensor_to_uint8, to_uint8
 
 CHECKER = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=np.float64)
 SURROGATE = "models/surrogate.pt"
@@ -58,8 +58,8 @@ class CleanLabel(Attack):
             xb, yb = self.rt.tensors(x[start:start + PGD_BATCH], y[start:start + PGD_BATCH])
             adv = pgd(self.surrogate, self.rt.model_input(xb).contiguous(), yb, norm=norm, eps=eps / 255,
                       step=step / 255, steps=steps, random_start=self.knobs["cl_random_start"], generator=gen)
-            out.append(adv.permute(0, 2, 3, 1).mul(255).cpu().numpy())
-        return to_uint8(np.concatenate(out)) if out else x.copy()
+            out.append(tensor_to_uint8(adv))
+        return np.concatenate(out) if out else x.copy()
 
     def poison(self, x: np.ndarray) -> np.ndarray:
         k = self.knobs

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..params import number, rate
-from .base import Attack, to_uint8
+from ..training import Runtime
+from .base import Attack, tensor_to_uint8
 
 ATTACKER = "models/attacker.pt"
 BATCH = 512
@@ -43,6 +44,11 @@ class EncoderDecoder(nn.Module):
         return torch.sigmoid(F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False))
 
 
+def mix(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """The triggered image x + M * (G - x)."""
+    return x + mask * (pattern - x)
+
+
 class TriggerNets(nn.Module):
     """G (pattern, as many channels as the image) and M (one-channel mask)."""
 
@@ -55,7 +61,7 @@ class TriggerNets(nn.Module):
     def stamp(self, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
         """x + M(s) * (G(s) - x) with s = x (own trigger) or another image (cross trigger)."""
         source = x if source is None else source
-        return x + self.mask(source) * (self.pattern(source) - x)
+        return mix(x, self.mask(source), self.pattern(source))
 
     def checkpoint(self) -> dict:
         return {"channels": self.channels, "state_dict": self.state_dict()}
@@ -89,8 +95,8 @@ class AttackerTraining:
         other = x[torch.roll(torch.arange(n, device=x.device), n // 2)]
         pattern, pattern_other = self.nets.pattern(x), self.nets.pattern(other)
         mask, mask_other = self.nets.mask(x), self.nets.mask(other)
-        triggered = x + mask * (pattern - x)
-        crossed = x + mask_other * (pattern_other - x)
+        triggered = mix(x, mask, pattern)
+        crossed = mix(x, mask_other, pattern_other)
         inputs = torch.cat([triggered[:n_attack], crossed[n_attack:n_attack + n_cross], x[n_attack + n_cross:]])
         labels = torch.cat([torch.full_like(y[:n_attack], self.target), y[n_attack:]])
         extra = (self.lambda_div * (diversity(x, pattern, other, pattern_other) + diversity(x, mask, other, mask_other))
@@ -115,18 +121,16 @@ class JointOptimizer:
 
 
 @torch.no_grad()
-def apply_nets(nets: TriggerNets, x: np.ndarray, device: torch.device,
-               source: np.ndarray | None = None) -> np.ndarray:
+def apply_nets(nets: TriggerNets, x: np.ndarray, rt: Runtime, source: np.ndarray | None = None) -> np.ndarray:
     """Stamp uint8 images (N, H, W, C) with their own (or `source`'s) generated trigger, in batches."""
     nets.eval()
     out = []
     for start in range(0, len(x), BATCH):
-        def tensor(a):
-            return torch.from_numpy(a[start:start + BATCH]).to(device).permute(0, 3, 1, 2).float() / 255
+        def batch(images):
+            return rt.model_input(rt.tensors(images[start:start + BATCH]))
 
-        stamped = nets.stamp(tensor(x), None if source is None else tensor(source))
-        out.append(stamped.permute(0, 2, 3, 1).mul(255).cpu().numpy())
-    return to_uint8(np.concatenate(out)) if out else x.copy()
+        out.append(tensor_to_uint8(nets.stamp(batch(x), None if source is None else batch(source))))
+    return np.concatenate(out) if out else x.copy()
 
 
 class InputAware(Attack):
@@ -138,14 +142,11 @@ class InputAware(Attack):
     def load_inputs(self) -> None:
         from ..storage import load_checkpoint
 
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.nets = TriggerNets.from_checkpoint(load_checkpoint(ATTACKER)["nets"]).to(self.device)
+        self.rt = Runtime.pick()
+        self.nets = TriggerNets.from_checkpoint(load_checkpoint(ATTACKER)["nets"]).to(self.rt.device)
 
     def trigger(self, x: np.ndarray) -> np.ndarray:
-        return apply_nets(self.nets, x, self.device)
-
-    def pattern(self, shape: tuple[int, int, int]) -> np.ndarray:
-        return self.trigger(np.full((1, *shape), 128, dtype=np.uint8))[0]
+        return apply_nets(self.nets, x, self.rt)
 
     def figures(self, x: np.ndarray, y: np.ndarray) -> dict:
         """Like the seed's Figure 5: images, their masks and patterns, and the triggered results."""
@@ -153,9 +154,8 @@ class InputAware(Attack):
 
         sample = x[np.random.default_rng(self.seed).permutation(len(x))[:8]]
         with torch.no_grad():
-            t = torch.from_numpy(sample).to(self.device).permute(0, 3, 1, 2).float() / 255
-            masks = (self.nets.mask(t).permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
-            patterns = (self.nets.pattern(t).permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
+            t = self.rt.model_input(self.rt.tensors(sample))
+            masks, patterns = tensor_to_uint8(self.nets.mask(t)), tensor_to_uint8(self.nets.pattern(t))
         return {"triggers": generated_triggers(sample, masks, patterns, self.trigger(sample),
                                                f"{self.name}: generated masks and patterns")}
 
