@@ -1,7 +1,7 @@
 # `make demo`: set up .venv if missing, run the offline demo pipeline, print its table.
 # `make test`: set up .venv if missing, run the test suite.
 # `make bench`: set up .venv if missing, print speed and memory figures.
-# `make pipelines`: copy dvc.yaml into the configuration folders after editing it.
+# `make pipelines`: write each stage's code deps into dvc.yaml, then copy it into the configuration folders.
 # `make cifar10-cpu`: the CPU-sized CIFAR-10 run, all five attacks (about 2 h 20 min on 2 cores; needs ../shared).
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -16,18 +16,19 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	cd demo && dvc repro
+	cd demo && python -m backdoorlab.worker dvc repro
 	@cat demo/metrics/results.md
 
 test: $(VENV)/.installed
 	python -m pytest -q
 
 cifar10-cpu: $(VENV)/.installed
-	cd cifar10-cpu && dvc repro
+	cd cifar10-cpu && python -m backdoorlab.worker dvc repro
 	@cat cifar10-cpu/metrics/results.md
 
 bench: $(VENV)/.installed
 	python -m benchmarks.bench
 
-pipelines:
+pipelines: $(VENV)/.installed
+	python -m backdoorlab.codedeps --write dvc.yaml
 	for config in demo cifar10-cpu; do cp dvc.yaml $$config/dvc.yaml; done

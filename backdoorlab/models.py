@@ -6,9 +6,14 @@ evaluation all work in pixel space and the checkpoint carries its normalisation.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .storage import load_checkpoint
 
 
 class BasicBlock(nn.Module):
@@ -125,6 +130,16 @@ class Classifier(nn.Module):
     def forward(self, x):
         return self.net((x - self.mean) / self.std)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate representation (what the final linear layer sees), for each input."""
+        seen = []
+        hook = self.net.fc.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        try:
+            self(x)
+        finally:
+            hook.remove()
+        return seen[0]
+
     def checkpoint(self, **meta) -> dict:
         """Tensors, strings and numbers only, so it reloads with weights_only=True."""
         return {"arch": self.arch, "in_channels": self.in_channels, "num_classes": self.num_classes,
@@ -135,3 +150,15 @@ class Classifier(nn.Module):
         model = cls(state["arch"], state["in_channels"], state["num_classes"])
         model.load_state_dict(state["state_dict"])
         return model
+
+
+def new_model(arch: str, x_train: np.ndarray, num_classes: int, seed: int) -> Classifier:
+    """A freshly initialised model normalising inputs with the training set's channel statistics."""
+    torch.manual_seed(seed)
+    pixels = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64) / 255.0
+    return Classifier(arch, x_train.shape[-1], num_classes,
+                      mean=pixels.mean(0).tolist(), std=(pixels.std(0) + 1e-6).tolist())
+
+
+def load_model(path: str | Path) -> Classifier:
+    return Classifier.from_checkpoint(load_checkpoint(path))

@@ -114,7 +114,6 @@ SCHEMA: dict[str, Spec] = {
     "train.weight_decay": number(0.0),
     "train.augment": choice("crop_flip", "crop", "none"),
     "train.precision": choice("auto", "fp32", "bf16"),
-    "train.seed": integer(0),
     # the input-aware attack's attacker stage (its poison stage's knob lives in attacks/input_aware.py)
     "attack.ia_p_attack": rate(),
     "attack.ia_p_cross": rate(),
@@ -131,25 +130,34 @@ SCHEMA: dict[str, Spec] = {
     "surrogate.adv_eps": number(0.0, 255.0),
     "surrogate.adv_step": number(0.0, lo_open=True),
     "surrogate.adv_steps": integer(1),
-    "isolate.epochs": integer(1),
+    # ABL's first phase (isolation, then training on the rest), shared by the ABL defenses
+    "isolate.max_epochs": integer(1),
     "isolate.lr": number(0.0, lo_open=True),
-    "isolate.schedule": choice("cosine", "step", "constant"),
     "isolate.gamma": number(0.0),
-    "isolate.ratio": number(0.0, 1.0, lo_open=True),
     "isolate.lga": choice("batch", "per_example"),
-    "unlearn.finetune_epochs": integer(0),
-    "unlearn.finetune_lr": number(0.0, lo_open=True),
-    "unlearn.finetune_milestones": int_list(1),
-    "unlearn.epochs": integer(0),
-    "unlearn.lr": number(0.0, lo_open=True),
-    "unlearn.batch_size": integer(1),
-    "unlearn.loss_cap": number(0.0),
-    "unlearn.clean_ratio": number(0.0),
+    "isolate.augment": choice("crop_flip", "crop", "none"),
+    "isolate.selection": choice("adaptive", "lowest"),
+    "isolate.ratio": number(0.0, 1.0, lo_open=True),
+    "isolate.min_concentration": number(0.0, 1.0),
+    "isolate.finetune_epochs": integer(0),
+    "isolate.finetune_lr": number(0.0, lo_open=True),
 }
 
-# The knobs every training stage shares with `train` (model, optimiser, augmentation).
-TRAINING_KEYS = ["train.arch", "train.batch_size", "train.momentum", "train.weight_decay",
-                 "train.augment", "train.precision", "train.seed"]
+# The knobs every stage that trains a model shares with `train` (model, optimiser, augmentation, precision).
+MODEL_KEYS = ["train.arch", "train.batch_size", "train.momentum", "train.weight_decay", "train.augment",
+              "train.precision"]
+# Everything the no-defense training reads.
+TRAIN_KEYS = MODEL_KEYS + ["train.epochs", "train.lr", "train.schedule", "train.milestones"]
+
+
+def check_seeds(path: str | Path = "params.yaml") -> list[int]:
+    """The top-level `seeds` list: distinct integers >= 0, at least one."""
+    tree = read_yaml(path)
+    seeds = tree.get("seeds")
+    if not (isinstance(seeds, list) and seeds and all(_is_int(s) and s >= 0 for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise ParamError(f"seeds: got {seeds!r}; allowed: a non-empty list of distinct integers >= 0")
+    return seeds
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -1,7 +1,9 @@
 """Reading and writing artifacts safely.
 
 Every write goes to a temporary file in the target folder and is renamed into
-place, so a crash never leaves half an artifact. Arrays load with
+place, so a crash never leaves half an artifact. Files get the mode a plain write
+would give them (0666 less the umask, usually 0644), not the temporary file's 0600,
+so a shared results folder stays readable. Arrays load with
 allow_pickle=False and checkpoints with weights_only=True: nothing on disk can
 run code when it is read.
 """
@@ -20,12 +22,19 @@ import numpy as np
 import torch
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -1,15 +1,18 @@
-"""The one training loop, shared by every stage and defense.
+"""The one training loop, shared by every stage, attack and defense.
 
 Data stays on the device as uint8 (N, H, W, C) tensors; each batch is cropped and
 flipped there, converted to [0, 1] floats and fed to the model. What differs between
-plain training, ABL's isolation (LGA) and unlearning (gradient ascent) is only the
-loss function and the data passed in.
+plain training, ABL's isolation and unlearning, adversarial training and the
+input-aware attacker is only the loss, the per-example weights, a batch transform
+and the data passed in. Learning-rate schedules are torch's, stepped once per epoch.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,71 +20,57 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-# (logits, labels, per-example weights) -> scalar; a weight of -1 turns descent into ascent
+from .runtime import Runtime
+
+# (logits, labels, per-example weights) -> scalar; a negative weight turns descent into ascent
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # (model input in [0, 1], labels) -> (new input, new labels, extra loss or None), applied to each batch after
-# augmentation: adversarial training perturbs the input, the input-aware attack stamps generated triggers
+# augmentation: adversarial training perturbs the input, the input-aware attacker stamps generated triggers
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
-EVAL_BATCH = 1024
+EVAL_BATCH = 512
+SCHEDULES = ("cosine", "step", "constant")
+AUGMENTS = ("crop_flip", "crop", "none")
 
 
 @dataclass(frozen=True)
-class Runtime:
-    """Where and how tensors are computed: CUDA with bf16 autocast when present, else the CPU."""
+class TrainOptions:
+    """How one model is trained: optimiser, schedule, batches and augmentation."""
 
-    device: torch.device
-    autocast: torch.dtype | None = None
-    channels_last: bool = True
+    epochs: int
+    lr: float
+    batch_size: int = 128
+    schedule: str = "cosine"  # cosine (to zero) | step (x0.1 at each milestone) | constant
+    milestones: tuple[int, ...] = ()
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: str = "crop_flip"  # crop_flip | crop | none, done in batches on the device
+    seed: int = 0
 
-    @classmethod
-    def pick(cls, precision: str = "auto") -> "Runtime":
-        cuda = torch.cuda.is_available()
-        device = torch.device("cuda" if cuda else "cpu")
-        bf16 = precision == "bf16" or (precision == "auto" and cuda)
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-        return cls(device, torch.bfloat16 if bf16 else None)
-
-    def amp(self):
-        if self.autocast is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast)
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-    def tensors(self, x: np.ndarray, y: np.ndarray | None = None):
-        """uint8 images and int64 labels onto the device, once."""
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-        return xt if y is None else (xt, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device))
-
-    def model_input(self, xb: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
-        out = xb.permute(0, 3, 1, 2).float().div_(255.0)
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out.contiguous()
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """The knobs every training stage shares (params group `train`)."""
-
-    arch: str
-    batch_size: int
-    momentum: float
-    weight_decay: float
-    augment: str  # crop_flip | crop | none
-    precision: str
-    seed: int
+    def replace(self, **changes) -> "TrainOptions":
+        return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_params(cls, p: dict) -> "TrainingConfig":
-        return cls(**{key.split(".", 1)[1]: p[key] for key in p if key.startswith("train.")
-                      and key.split(".", 1)[1] in cls.__dataclass_fields__})
+    def from_params(cls, p: dict, seed: int, **changes) -> "TrainOptions":
+        """The `train.*` values in `p` (as params.load returns them) that name a field, with `changes` on top."""
+        fields = {f.name: p[f"train.{f.name}"] for f in dataclasses.fields(cls) if f"train.{f.name}" in p}
+        if "milestones" in fields:
+            fields["milestones"] = tuple(fields["milestones"])
+        return cls(**{"epochs": 1, "lr": 0.1, **fields, "seed": seed, **changes})
+
+
+@dataclass
+class Throughput:
+    """Images trained on and seconds spent, for the benchmark's per-phase figures."""
+
+    images: int = 0
+    seconds: float = 0.0
+
+
+THROUGHPUT = Throughput()  # accumulated by every fit() in this process
 
 
 def augment(xb: torch.Tensor, mode: str, gen: torch.Generator, pad: int | None = None) -> torch.Tensor:
-    """Random crop with reflect-free zero padding, and (crop_flip) horizontal flip, for a whole batch."""
+    """Random crop with zero padding, and (crop_flip) horizontal flip, for a whole uint8 batch."""
     if mode == "none":
         return xb
     n, h, w, _ = xb.shape
@@ -108,17 +97,38 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -
     return (F.cross_entropy(logits, y, reduction="none") * weight).mean()
 
 
+def sgd(model: nn.Module, opts: TrainOptions) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+
+
+def scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers, stepped once per epoch: cosine to zero, x0.1 at milestones, or constant."""
+    if opts.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(opts.epochs, 1))
+    if opts.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(opts.milestones), gamma=0.1)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-                rt: Runtime, cfg: TrainingConfig, gen: torch.Generator, loss_fn: LossFn = cross_entropy,
-                desc: str = "train", batch_size: int | None = None, weight: torch.Tensor | None = None,
-                batch_transform: BatchTransform | None = None) -> dict[str, float]:
-    """One pass over (x, y) in random order; returns the mean loss and accuracy seen while training."""
-    model.train()
+                rt: Runtime, opts: TrainOptions, gen: torch.Generator, loss_fn: LossFn = cross_entropy,
+                weight: torch.Tensor | None = None, batch_transform: BatchTransform | None = None,
+                extra_optimizers: Sequence[torch.optim.Optimizer] = (), desc: str = "train",
+                example_losses: torch.Tensor | None = None, frozen_norm: bool = False) -> dict[str, float]:
+    """One pass over (x, y) in random order; returns the mean loss and accuracy seen while training.
+
+    `example_losses` (N floats), when given, receives each example's cross-entropy as the model saw it in
+    this pass, before its own update: a free per-example learning signal (ABL's isolation reads it).
+    `frozen_norm` keeps batch normalisation in eval mode (its running statistics neither used per batch nor
+    updated): small, unusual batches such as unlearning's then cannot shift what every input is normalised by."""
+    model.train(not frozen_norm)
     weight = torch.ones(len(y), device=rt.device) if weight is None else weight
+    optimizers = [optimizer, *extra_optimizers]
     total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
     bar = tqdm(total=len(y), desc=desc, unit="img", leave=False, mininterval=1.0)
-    for idx in batches(len(y), batch_size or cfg.batch_size, gen, rt.device):
-        xb = rt.model_input(augment(x[idx], cfg.augment, gen))
+    for idx in batches(len(y), opts.batch_size, gen, rt.device):
+        xb = rt.model_input(augment(x[idx], opts.augment, gen))
         yb, extra = y[idx], None
         if batch_transform is not None:
             xb, yb, extra = batch_transform(xb, yb)
@@ -127,28 +137,56 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: t
         loss = loss_fn(logits.float(), yb, weight[idx])
         if extra is not None:
             loss = loss + extra
+        if example_losses is not None:
+            example_losses[idx] = F.cross_entropy(logits.detach().float(), yb, reduction="none")
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: the loss became {loss.item()}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        for opt in optimizers:
+            opt.step()
         total_loss += loss.item() * len(idx)
         correct += (logits.argmax(1) == yb).sum().item()
         seen += len(idx)
         bar.update(len(idx))
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     bar.close()
+    THROUGHPUT.images += seen
+    THROUGHPUT.seconds += time.perf_counter() - start
     return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1)}
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime, opts: TrainOptions, *,
+        loss_fn: LossFn = cross_entropy, weight: torch.Tensor | None = None,
+        batch_transform: BatchTransform | None = None, extra_optimizers: Sequence[torch.optim.Optimizer] = (),
+        on_epoch: Callable[[int, dict], bool | None] | None = None, desc: str = "train") -> torch.optim.Optimizer:
+    """Train for opts.epochs passes. `on_epoch(epoch, stats)` sees each epoch's lr, loss and accuracy on the
+    training data and may return True to stop early. `extra_optimizers` step alongside the model's SGD."""
+    gen = torch.Generator(device=rt.device)
+    gen.manual_seed(opts.seed)
+    optimizer = sgd(model, opts)
+    schedule = scheduler(optimizer, opts)
+    for epoch in range(opts.epochs):
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_epoch(model, x, y, optimizer, rt, opts, gen, loss_fn, weight, batch_transform,
+                            extra_optimizers, desc=f"{desc} {epoch + 1}/{opts.epochs}")
+        schedule.step()
+        if on_epoch and on_epoch(epoch, {"lr": lr, "train_loss": stats["loss"], "train_acc": stats["acc"]}):
+            break
+    return optimizer
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     """Logits (float32) for uint8 images, in eval mode, without augmentation."""
+    was_training = model.training
     model.eval()
     out = []
     for idx in batches(len(x), EVAL_BATCH, None, rt.device):
         with rt.amp():
             out.append(model(rt.model_input(x[idx])).float())
+    model.train(was_training)
     if not out:
         return torch.zeros(0, getattr(model, "num_classes", 1), device=rt.device)
     return torch.cat(out)
@@ -165,35 +203,6 @@ def accuracy_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Ru
     return {"acc": (logits.argmax(1) == y).float().mean().item(), "loss": F.cross_entropy(logits, y).item()}
 
 
-def sgd(model: nn.Module, lr: float, cfg: TrainingConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def lr_at(epoch: int, epochs: int, base_lr: float, schedule: str, milestones: list[int]) -> float:
-    """The learning rate for an epoch: cosine to zero, x0.1 at each milestone, or constant."""
-    if schedule == "cosine":
-        return base_lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-    if schedule == "step":
-        return base_lr * 0.1 ** sum(epoch >= m for m in milestones)
-    return base_lr
-
-
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime, cfg: TrainingConfig, *,
-        epochs: int, lr: float, schedule: str = "constant", milestones: list[int] = (),
-        loss_fn: LossFn = cross_entropy, optimizer: torch.optim.Optimizer | None = None,
-        on_epoch: Callable[[int, dict], None] | None = None, desc: str = "train",
-        batch_size: int | None = None, weight: torch.Tensor | None = None,
-        batch_transform: BatchTransform | None = None) -> torch.optim.Optimizer:
-    """Train for `epochs` passes; `on_epoch(epoch, stats)` sees each epoch's lr, loss and accuracy."""
-    gen = torch.Generator(device=rt.device)
-    gen.manual_seed(cfg.seed)
-    optimizer = optimizer or sgd(model, lr, cfg)
-    for epoch in range(epochs):
-        epoch_lr = lr_at(epoch, epochs, lr, schedule, list(milestones))
-        for group in optimizer.param_groups:
-            group["lr"] = epoch_lr
-        stats = train_epoch(model, x, y, optimizer, rt, cfg, gen, loss_fn, desc=f"{desc} {epoch + 1}/{epochs}",
-                            batch_size=batch_size, weight=weight, batch_transform=batch_transform)
-        if on_epoch:
-            on_epoch(epoch, {"lr": epoch_lr, "train_loss": stats["loss"], "train_acc": stats["acc"]})
-    return optimizer
+def subset(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(x.device)
+    return x[chosen], y[chosen]

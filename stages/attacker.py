@@ -1,8 +1,8 @@
 """Stage `attacker`: train the input-aware attack's trigger generator, mask network and classifier.
 
-Reads   data/dataset.npz ; params attack.target, attack.ia_* (p_attack, p_cross, lambda_div,
+Reads   data/dataset.npz ; params attack.target, attack.seed, attack.ia_* (p_attack, p_cross, lambda_div,
         mask_density, lambda_norm, epochs, lr_classifier, lr_generator),
-        train.{arch,batch_size,momentum,weight_decay,augment,precision,seed}
+        train.{arch,batch_size,momentum,weight_decay,augment,precision}
 Writes  models/attacker.pt         the trigger nets G and M (and the attacker's classifier)
         metrics/attacker.json      the attacker's own model: clean accuracy, attack success rate
                                    (non-target test images with their own trigger), cross-trigger
@@ -18,15 +18,19 @@ import numpy as np
 import torch
 
 from backdoorlab import metrics, params
-from backdoorlab.attacks.input_aware import ATTACKER, AttackerTraining, JointOptimizer, TriggerNets, apply_nets
-from backdoorlab.datasets import Dataset
-from backdoorlab.pipeline import DATASET, LOGS, METRICS, EpochLog, new_model, require, run_stage, stage_parser
+from backdoorlab.attacks.input_aware import AttackerTraining, TriggerNets, apply_nets
+from backdoorlab.curves import Curves
+from backdoorlab.dataset import Dataset
+from backdoorlab.layout import ATTACKER, ATTACKER_METRICS, DATASET, log_dir
+from backdoorlab.models import new_model
+from backdoorlab.runner import phase, require, run_stage, stage_parser
+from backdoorlab.runtime import Runtime
 from backdoorlab.storage import save_checkpoint, save_json
-from backdoorlab.training import Runtime, TrainingConfig, fit, predict, sgd
+from backdoorlab.training import TrainOptions, fit, predict
 
-PARAMS = ["attack.target", "attack.ia_p_attack", "attack.ia_p_cross", "attack.ia_lambda_div",
+PARAMS = ["attack.target", "attack.seed", "attack.ia_p_attack", "attack.ia_p_cross", "attack.ia_lambda_div",
           "attack.ia_mask_density", "attack.ia_lambda_norm", "attack.ia_epochs", "attack.ia_lr_classifier",
-          "attack.ia_lr_generator"] + params.TRAINING_KEYS
+          "attack.ia_lr_generator"] + params.MODEL_KEYS
 
 
 def attacker_scores(classifier, nets: TriggerNets, rt: Runtime, x: np.ndarray, y: np.ndarray, target: int) -> dict:
@@ -44,39 +48,39 @@ def attacker_scores(classifier, nets: TriggerNets, rt: Runtime, x: np.ndarray, y
 
 def main(args) -> None:
     p = params.load(PARAMS)
-    cfg = TrainingConfig.from_params(p)
+    opts = TrainOptions.from_params(p, seed=p["attack.seed"], epochs=p["attack.ia_epochs"],
+                                    lr=p["attack.ia_lr_classifier"], schedule="cosine")
     require(DATASET)
     data = Dataset.load(DATASET)
     params.check_target(p["attack.target"], data.num_classes)
     if p["attack.ia_p_attack"] + p["attack.ia_p_cross"] > 1:
         raise params.ParamError(f"attack.ia_p_cross: got {p['attack.ia_p_cross']} with attack.ia_p_attack "
                                 f"{p['attack.ia_p_attack']}; allowed: the two sum to at most 1")
-    rt = Runtime.pick(cfg.precision)
-    classifier = rt.prepare(new_model(cfg.arch, data.x_train, data.num_classes, cfg.seed))
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+    classifier = rt.prepare(new_model(p["train.arch"], data.x_train, data.num_classes, opts.seed))
     nets = TriggerNets(data.x_train.shape[-1]).to(rt.device).train()
     training = AttackerTraining(nets, p["attack.target"], p["attack.ia_p_attack"], p["attack.ia_p_cross"],
                                 p["attack.ia_lambda_div"], p["attack.ia_mask_density"], p["attack.ia_lambda_norm"])
-    optimizer = JointOptimizer(sgd(classifier, p["attack.ia_lr_classifier"], cfg),
-                               torch.optim.Adam(nets.parameters(), lr=p["attack.ia_lr_generator"]))
     x, y = rt.tensors(data.x_train, data.y_train)
-    pick = np.random.default_rng(0).permutation(len(data.y_test))[:2000]
-    log = EpochLog(LOGS / "attacker")
+    pick = np.random.default_rng(0).permutation(len(data.y_test))[:1000]
 
-    def on_epoch(epoch: int, stats: dict) -> None:
-        log.log({**stats, **attacker_scores(classifier, nets, rt, data.x_test[pick], data.y_test[pick],
-                                            p["attack.target"])})
-        nets.train()
+    with Curves(log_dir("attacker", "input_aware")) as curves, phase("training"):
+        def on_epoch(epoch: int, stats: dict) -> None:
+            curves.log({**stats, **attacker_scores(classifier, nets, rt, data.x_test[pick], data.y_test[pick],
+                                                   p["attack.target"])})
+            nets.train()
 
-    try:
-        fit(classifier, x, y, rt, cfg, epochs=p["attack.ia_epochs"], lr=p["attack.ia_lr_classifier"],
-            schedule="cosine", optimizer=optimizer, batch_transform=training, on_epoch=on_epoch, desc="attacker")
-    except FloatingPointError as exc:
-        print(f"error: attacker training diverged ({exc}); nothing written. Lower attack.ia_lr_generator "
-              "or attack.ia_lr_classifier", file=sys.stderr)
-        sys.exit(1)
-    scores = attacker_scores(classifier, nets, rt, data.x_test, data.y_test, p["attack.target"])
+        try:
+            fit(classifier, x, y, rt, opts, batch_transform=training, on_epoch=on_epoch, desc="attacker",
+                extra_optimizers=[torch.optim.Adam(nets.parameters(), lr=p["attack.ia_lr_generator"])])
+        except FloatingPointError as exc:
+            print(f"error: attacker training diverged ({exc}); nothing written. Lower attack.ia_lr_generator "
+                  "or attack.ia_lr_classifier", file=sys.stderr)
+            sys.exit(1)
+    with phase("evaluation"):
+        scores = attacker_scores(classifier, nets, rt, data.x_test, data.y_test, p["attack.target"])
     save_checkpoint(ATTACKER, {"nets": nets.checkpoint(), "classifier": classifier.checkpoint()})
-    save_json(METRICS / "attacker.json", scores)
+    save_json(ATTACKER_METRICS, {**scores, "runtime": rt.describe()})
     print(f"attacker: {scores}")
 
 

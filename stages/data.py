@@ -8,17 +8,19 @@ from __future__ import annotations
 import numpy as np
 
 from backdoorlab import params
-from backdoorlab.datasets import load_source
-from backdoorlab.pipeline import DATASET, run_stage, stage_parser
+from backdoorlab.sources import load_source
+from backdoorlab.layout import DATASET
+from backdoorlab.runner import phase, run_stage, stage_parser
 
 PARAMS = ["data.source", "data.sha256", "data.train_size", "data.test_size", "data.seed"]
 
 
 def main(args) -> None:
     p = params.load(PARAMS)
-    data = load_source(p["data.source"], p["data.sha256"], p["data.train_size"], p["data.test_size"],
-                       p["data.seed"])
-    data.save(DATASET)
+    with phase("data"):
+        data = load_source(p["data.source"], p["data.sha256"], p["data.train_size"], p["data.test_size"],
+                           p["data.seed"])
+        data.save(DATASET)
     counts = np.bincount(data.y_train, minlength=data.num_classes)
     print(f"{p['data.source']}: {len(data.y_train)} train / {len(data.y_test)} test images of "
           f"{data.x_train.shape[1:]} in {data.num_classes} classes ({counts.min()}-{counts.max()} train per class)"

@@ -1,69 +1,98 @@
-"""Stage `isolate@<attack>`: ABL stage 1, isolate the examples the model learns suspiciously fast.
+"""Stage `isolate@<attack>-<seed>`: ABL's first phase, shared by the ABL defenses.
 
-Trains a fresh model on the poisoned training set with the LGA loss (gamma floor)
-for isolate.epochs, ranks every training example by its loss (eval mode, no
-augmentation) and isolates the lowest isolate.ratio of them.
+Trains a fresh model with the LGA loss (no augmentation, constant lr) and isolates the
+examples it learns suspiciously fast (`isolate.selection`: adaptive, this project's
+default, or lowest, the paper's lowest `isolate.ratio`), then keeps training the same
+model on everything not isolated (`isolate.finetune_*`, with the training
+augmentation and a cosine schedule). Both ABL defenses start from that model.
+Precision and recall are computed against the true poison indices for the metrics
+only; the isolation itself never sees them.
 
-Reads   data/dataset.npz, data/poisoned/<attack>/ ; params train.{arch,batch_size,momentum,
-        weight_decay,augment,precision,seed}, isolate.*
-Writes  models/<attack>/isolation.pt       the LGA-trained model (unlearning starts from it)
-        data/isolated/<attack>.npz         isolated indices and every example's loss
-        metrics/isolation/<attack>.json    isolation precision and recall against the true poison indices
-        plots/isolation/<attack>.png       loss histogram, clean vs poisoned, with the cut-off
-        logs/isolate/<attack>/             per-epoch curves
+Reads   data/dataset.npz, data/poisoned/<attack>/ ; params train.{arch,batch_size,momentum,weight_decay,
+        augment,precision}, isolate.*
+Writes  models/<attack>/seed<k>/finetuned.pt          the model the unlearning starts from
+        data/isolated/<attack>/seed<k>.npz           isolated indices, every example's loss and learning speed
+        metrics/isolation/<attack>/seed<k>.json      found or not, when it stopped, the suspect label and its
+                                                     share of the fastest examples, how many isolated,
+                                                     precision, recall
+        plots/isolation/<attack>/seed<k>.png          loss histogram, clean vs poisoned, with the cut-off
+        logs/isolate/<attack>/seed<k>/, logs/finetune/<attack>/seed<k>/   per-epoch curves
 """
 from __future__ import annotations
 
 import numpy as np
 
 from backdoorlab import params
-from backdoorlab.abl import isolate_lowest, train_isolation_model
+from backdoorlab.artifacts import check_model_name, test_sets, training_set
+from backdoorlab.curves import Curves
+from backdoorlab.defenses.abl import FINETUNED, IsolationConfig, isolate
 from backdoorlab.gallery import loss_histogram
+from backdoorlab.layout import isolated_file, isolation_metrics, isolation_plot, log_dir, model_file
 from backdoorlab.metrics import isolation_precision_recall
-from backdoorlab.pipeline import (LOGS, METRICS, MONITOR_SIZE, PLOTS, EpochLog, check_attack_name, isolated_file,
-                                  model_file, new_model, run_stage, stage_parser, test_sets, training_set)
+from backdoorlab.models import new_model
+from backdoorlab.runner import add_seed, phase, run_stage, stage_parser
+from backdoorlab.runtime import Runtime
 from backdoorlab.storage import save_arrays, save_checkpoint, save_figure, save_json
-from backdoorlab.training import Runtime, TrainingConfig, per_example_losses
+from backdoorlab.training import TrainOptions, fit, subset
 
-PARAMS = params.TRAINING_KEYS + ["isolate.epochs", "isolate.lr", "isolate.schedule", "isolate.gamma", "isolate.ratio", "isolate.lga"]
+PARAMS = params.MODEL_KEYS + ["isolate.max_epochs", "isolate.lr", "isolate.gamma", "isolate.lga",
+                              "isolate.augment", "isolate.selection", "isolate.ratio", "isolate.min_concentration",
+                              "isolate.finetune_epochs", "isolate.finetune_lr"]
+MONITOR_SIZE = 1000
 
 
 def main(args) -> None:
-    name = check_attack_name(args.attack)
+    attack = check_model_name(args.attack)
     p = params.load(PARAMS)
-    cfg = TrainingConfig.from_params(p)
-    data = training_set(name)
-    rt = Runtime.pick(cfg.precision)
-    model = rt.prepare(new_model(cfg.arch, data.x, len(data.classes), cfg.seed))
-    x, y = rt.tensors(data.x, data.y)
-    monitor = test_sets(name, rt, MONITOR_SIZE)
-    log = EpochLog(LOGS / "isolate" / name)
-    train_isolation_model(model, x, y, rt, cfg, epochs=p["isolate.epochs"], lr=p["isolate.lr"],
-                          gamma=p["isolate.gamma"], per_example=p["isolate.lga"] == "per_example",
-                          schedule=p["isolate.schedule"],
-                          on_epoch=lambda e, s: log.log({**s, **monitor.clean_and_attack(model, rt)}))
+    cfg = IsolationConfig.from_params(p)
+    opts = TrainOptions.from_params(p, seed=args.seed)
+    with phase("data"):
+        data = training_set(attack)
+        rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+        x, y = rt.tensors(data.x, data.y)
+        monitor = test_sets(attack, rt, MONITOR_SIZE)
+    model = rt.prepare(new_model(p["train.arch"], data.x, len(data.classes), args.seed))
 
-    losses = per_example_losses(model, x, y, rt).cpu().numpy()
-    isolated = isolate_lowest(losses, p["isolate.ratio"])
-    precision, recall = isolation_precision_recall(isolated, data.poison_indices)
-    poisoned = np.zeros(len(losses), dtype=bool)
+    def logger(curves: Curves):
+        return lambda m, stats: curves.log({**stats, **monitor.clean_and_attack(m, rt)})
+
+    with Curves(log_dir("isolate", attack, args.seed)) as curves, phase("training"):
+        found = isolate(model, x, y, rt, opts, cfg, logger(curves))
+    rest = np.setdiff1d(np.arange(len(data.y)), found.indices)
+    if p["isolate.finetune_epochs"]:
+        with Curves(log_dir("finetune", attack, args.seed)) as curves, phase("training"):
+            xr, yr = subset(x, y, rest)
+            fit(model, xr, yr, rt, opts.replace(epochs=p["isolate.finetune_epochs"], lr=p["isolate.finetune_lr"],
+                                                 schedule="cosine"),
+                desc="fine-tune", on_epoch=lambda e, s: logger(curves)(model, s))
+
+    precision, recall = isolation_precision_recall(found.indices, data.poison_indices)
+    poisoned = np.zeros(len(data.y), dtype=bool)
     poisoned[data.poison_indices] = True
-    summary = {"isolated": int(len(isolated)), "poisoned": int(poisoned.sum()),
-               "precision": precision, "recall": recall,
-               "mean_loss_poisoned": float(losses[poisoned].mean()) if poisoned.any() else None,
-               "mean_loss_clean": float(losses[~poisoned].mean())}
-
-    save_checkpoint(model_file(name, "isolation"), model.checkpoint(trained_on=name, loss="lga"))
-    save_arrays(isolated_file(name), indices=isolated, losses=losses)
-    save_json(METRICS / "isolation" / f"{name}.json", summary)
-    save_figure(PLOTS / "isolation" / f"{name}.png", loss_histogram(
-        losses, data.poison_indices, isolated,
-        f"{name}: loss after {p['isolate.epochs']} LGA epochs (gamma {p['isolate.gamma']}); "
-        f"isolated {len(isolated)}, precision {precision:.3f}"))
-    print(f"isolate {name}: {summary}")
+    cand = found.candidates
+    summary = {"selection": cfg.selection, "found": found.found, "isolation_epochs": found.epochs,
+               "suspect_label": cand.label, "concentration": cand.concentration, "gap_decades": cand.gap,
+               "isolated": int(len(found.indices)), "isolated_share": len(found.indices) / len(data.y),
+               "poisoned": int(poisoned.sum()), "precision": precision if found.indices.size else None,
+               "recall": recall if poisoned.any() else None,
+               "mean_loss_poisoned": float(found.losses[poisoned].mean()) if poisoned.any() else None,
+               "mean_loss_clean": float(found.losses[~poisoned].mean())}
+    save_checkpoint(model_file(attack, args.seed, FINETUNED),
+                    model.checkpoint(trained_on=attack, seed=args.seed, isolated=int(len(found.indices))))
+    save_arrays(isolated_file(attack, args.seed), indices=found.indices, losses=found.losses, speed=found.speed)
+    save_json(isolation_metrics(attack, args.seed), summary)
+    with phase("pictures"):
+        verdict = (f"isolated {len(found.indices)} labelled {cand.label} ({cand.concentration:.0%} of the fastest "
+                   f"{cfg.ratio:.0%})" if found.found else
+                   f"no label dominates the fastest {cfg.ratio:.0%} (at most {cand.concentration:.0%}): nothing isolated")
+        save_figure(isolation_plot(attack, args.seed), loss_histogram(
+            found.losses, data.poison_indices, found.indices,
+            f"{attack}, seed {args.seed}: loss after {found.epochs} LGA epochs; {verdict}"))
+    print(f"isolate {attack} seed {args.seed}: {summary}")
 
 
 if __name__ == "__main__":
     parser = stage_parser("isolate", __doc__)
-    parser.add_argument("attack", help="a registered attack, e.g. badnets")
+    parser.add_argument("attack", help="an attack whose poison stage has run, e.g. badnets")
+    add_seed(parser)
     run_stage(main, parser)

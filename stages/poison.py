@@ -14,15 +14,16 @@ from pathlib import Path
 
 from backdoorlab import params
 from backdoorlab.attacks import attack_class, param_keys
-from backdoorlab.datasets import Dataset
+from backdoorlab.dataset import Dataset
 from backdoorlab.gallery import trigger_gallery
-from backdoorlab.pipeline import DATASET, PLOTS, check_attack_name, poisoned_dir, require, run_stage, stage_parser
+from backdoorlab.layout import DATASET, gallery_file, poisoned_dir
+from backdoorlab.runner import phase, require, run_stage, stage_parser
 from backdoorlab.storage import save_arrays, save_figure, save_json
 
 
 def main(args) -> None:
-    name = check_attack_name(args.attack)
-    cls = attack_class(name)
+    cls = attack_class(args.attack)
+    name = args.attack
     p = params.load(param_keys(name), extra={f"attack.{k}": spec for k, spec in cls.knobs.items()})
     require(DATASET, *map(Path, cls.inputs))
     data = Dataset.load(DATASET)
@@ -30,7 +31,8 @@ def main(args) -> None:
     knobs = {k: p[f"attack.{k}"] for k in cls.knobs}
     attack = cls(knobs, p["attack.target"], p["attack.seed"])
     attack.load_inputs()
-    sets = attack.make_sets(data.x_train, data.y_train, data.x_test, data.y_test)
+    with phase("poisoning"):
+        sets = attack.make_sets(data.x_train, data.y_train, data.x_test, data.y_test)
 
     out = poisoned_dir(name)
     save_arrays(out / "train.npz", x=sets.x_train, y=sets.y_train, y_true=sets.y_train_true,
@@ -42,14 +44,14 @@ def main(args) -> None:
         "poisoned_train": int(len(sets.poison_indices)), "train": int(len(sets.y_train)),
         "triggered_test": int(len(sets.y_test)), "classes": data.classes})
     shown = sets.poison_indices[:8]
-    figure = trigger_gallery(data.x_train[shown], sets.x_train[shown],
-                             [f"{data.classes[a]}->{data.classes[b]}" for a, b in
-                              zip(sets.y_train_true[shown], sets.y_train[shown])],
-                             f"{name}: {len(sets.poison_indices)} of {len(sets.y_train)} training images poisoned, "
-                             f"target {data.classes[attack.target]!r}", pattern=attack.pattern(data.x_train.shape[1:]))
-    save_figure(PLOTS / "gallery" / f"{name}.png", figure)
-    for figure_name, extra in attack.figures(data.x_train, data.y_train).items():
-        save_figure(PLOTS / "gallery" / f"{name}_{figure_name}.png", extra)
+    titles = [f"{data.classes[a]}->{data.classes[b]}" for a, b in zip(sets.y_train_true[shown], sets.y_train[shown])]
+    with phase("pictures"):
+        gallery = trigger_gallery(data.x_train[shown], sets.x_train[shown], titles,
+                                  f"{name}: {len(sets.poison_indices)} of {len(sets.y_train)} training images "
+                                  f"poisoned, target {data.classes[attack.target]!r}",
+                                  pattern=attack.pattern(data.x_train.shape[1:]))
+        for figure_name, figure in {"": gallery, **attack.figures(data.x_train, data.y_train)}.items():
+            save_figure(gallery_file(name, figure_name), figure)
     print(f"{name}: poisoned {len(sets.poison_indices)}/{len(sets.y_train)} training images "
           f"({'labels kept' if cls.clean_label else f'relabelled to {attack.target}'}); "
           f"{len(sets.y_test)} triggered test images -> {out}")

@@ -1,43 +1,55 @@
-"""Stage `train_clean` / `train@<attack>`: train a model with no defense.
+"""Stage `train@<name>-<seed>`: train a model with no defense, and score it.
 
 `clean` trains the reference model on the clean training set; an attack's name
-trains on that attack's poisoned training set.
+trains on that attack's poisoned training set, as it is. One stage per training
+seed (the `seeds` list in params.yaml).
 
 Reads   data/dataset.npz, data/poisoned/<attack>/ ; params train.*
-Writes  models/clean.pt or models/<attack>/no_defense.pt
-        logs/train/<name>/  per-epoch lr, train loss/accuracy, test accuracy and ASR
-        (on a fixed 2,000-image share of the test sets) for `dvc plots show`
+Writes  models/<name>/seed<k>/no_defense.pt
+        metrics/scores/<name>/seed<k>/no_defense.json   the model's row of the results table
+        logs/train/<name>/seed<k>/   per-epoch lr, train loss/accuracy, and for the curves only, CA and
+                                     ASR on a fixed 1,000-image share of the test sets
 """
 from __future__ import annotations
 
 from backdoorlab import params
-from backdoorlab.pipeline import (LOGS, MONITOR_SIZE, EpochLog, check_run_name, model_file, new_model,
-                                  run_stage, stage_parser, test_sets, training_set)
-from backdoorlab.storage import save_checkpoint
-from backdoorlab.training import Runtime, TrainingConfig, fit
+from backdoorlab.artifacts import check_model_name, test_sets, training_set
+from backdoorlab.curves import Curves
+from backdoorlab.evaluation import score
+from backdoorlab.layout import log_dir, model_file, scores_file
+from backdoorlab.models import new_model
+from backdoorlab.runner import add_seed, phase, run_stage, stage_parser
+from backdoorlab.runtime import Runtime
+from backdoorlab.storage import save_checkpoint, save_json
+from backdoorlab.training import TrainOptions, fit
 
-PARAMS = ["train.arch", "train.epochs", "train.batch_size", "train.lr", "train.schedule", "train.milestones",
-          "train.momentum", "train.weight_decay", "train.augment", "train.precision", "train.seed"]
+PARAMS = params.TRAIN_KEYS
+MONITOR_SIZE = 1000  # test images (and as many triggered ones) scored after every epoch for the curves
 
 
 def main(args) -> None:
-    name = check_run_name(args.name)
+    name = check_model_name(args.name)
     p = params.load(PARAMS)
-    cfg = TrainingConfig.from_params(p)
-    data = training_set(name)
-    rt = Runtime.pick(cfg.precision)
-    model = rt.prepare(new_model(cfg.arch, data.x, len(data.classes), cfg.seed))
-    x, y = rt.tensors(data.x, data.y)
-    monitor = test_sets(name, rt, MONITOR_SIZE)
-    log = EpochLog(LOGS / "train" / name)
-    fit(model, x, y, rt, cfg, epochs=p["train.epochs"], lr=p["train.lr"], schedule=p["train.schedule"],
-        milestones=p["train.milestones"], desc=f"train {name}",
-        on_epoch=lambda epoch, stats: log.log({**stats, **monitor.clean_and_attack(model, rt)}))
-    save_checkpoint(model_file(name), model.checkpoint(trained_on=name))
-    print(f"train {name}: {monitor.clean_and_attack(model, rt)} -> {model_file(name)}")
+    opts = TrainOptions.from_params(p, seed=args.seed)
+    with phase("data"):
+        data = training_set(name)
+        rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+        x, y = rt.tensors(data.x, data.y)
+        monitor, tests = test_sets(name, rt, MONITOR_SIZE), test_sets(name, rt)
+    model = rt.prepare(new_model(p["train.arch"], data.x, len(data.classes), args.seed))
+    with Curves(log_dir("train", name, args.seed)) as curves, phase("training"):
+        fit(model, x, y, rt, opts, desc=f"train {name}",
+            on_epoch=lambda epoch, stats: curves.log({**stats, **monitor.clean_and_attack(model, rt)}))
+    with phase("evaluation"):
+        row = score(model, rt, x, y, data.poison_indices, tests)
+    save_checkpoint(model_file(name, args.seed), model.checkpoint(trained_on=name, seed=args.seed))
+    save_json(scores_file(name, args.seed), {**row, "runtime": rt.describe()})
+    print(f"train {name} seed {args.seed} ({rt.precision}): CA {row['test_acc']:.4f}"
+          + (f", ASR {row['asr']:.4f}" if row.get("asr") is not None else "") + f" -> {model_file(name, args.seed)}")
 
 
 if __name__ == "__main__":
     parser = stage_parser("train", __doc__)
-    parser.add_argument("name", help="'clean' or a registered attack, e.g. badnets")
+    parser.add_argument("name", help="'clean' or an attack whose poison stage has run, e.g. badnets")
+    add_seed(parser)
     run_stage(main, parser)

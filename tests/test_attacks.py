@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backdoorlab.attacks import ATTACKS, attack_class, param_keys
+from backdoorlab.attacks import ATTACKS, attack_class, attack_module, param_keys
 from backdoorlab.attacks.badnets import BadNets
 from backdoorlab.params import ParamError
 
@@ -76,12 +76,19 @@ def test_a_rate_larger_than_the_non_target_share_is_refused():
 
 def test_registry_finds_attacks_by_name_and_lists_their_params():
     assert attack_class("badnets") is BadNets
+    assert attack_module("badnets") == "backdoorlab.attacks.badnets"
     assert param_keys("badnets") == ["attack.target", "attack.seed", "attack.badnets_rate"]
     with pytest.raises(ParamError, match="unknown attack 'nope'; allowed: badnets"):
         attack_class("nope")
-    for name, cls in ATTACKS.items():
-        assert cls.name == name
-        assert cls.rate_knob in cls.knobs
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_every_registered_attack_carries_its_registry_name_and_declares_its_rate_knob(name):
+    cls = attack_class(name)
+    assert cls.__module__ == attack_module(name)
+    assert cls.name == name
+    assert cls.rate_knob in cls.knobs
+    assert param_keys(name) == ["attack.target", "attack.seed", *(f"attack.{k}" for k in cls.knobs)]
 
 
 # ------------------------------------------------------------------ Blend

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from backdoorlab.attacks.clean_label import CleanLabel, corner_trigger
 from backdoorlab.pgd import pgd
-from backdoorlab.pipeline import new_model
-from backdoorlab.training import Runtime, TrainingConfig, fit
+from backdoorlab.models import new_model
+from backdoorlab.runtime import Runtime
+from backdoorlab.training import TrainOptions, fit
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -18,12 +19,12 @@ CPU = Runtime(torch.device("cpu"))
 @pytest.fixture(scope="module")
 def surrogate_and_data():
     """A small CNN trained for two epochs on real digits (scikit-learn), and those digits."""
-    from backdoorlab.datasets import load_source
+    from backdoorlab.sources import load_source
 
     data = load_source("sklearn-digits", test_size=300)
     model = new_model("convnet", data.x_train, 10, seed=0)
     x, y = CPU.tensors(data.x_train, data.y_train)
-    fit(model, x, y, CPU, TrainingConfig("convnet", 64, 0.9, 5e-4, "none", "fp32", 0), epochs=2, lr=0.05)
+    fit(model, x, y, CPU, TrainOptions(epochs=2, lr=0.05, batch_size=64, augment="none"))
     return model, data
 
 

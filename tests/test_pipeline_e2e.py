@@ -1,6 +1,12 @@
-"""End to end: the real dvc.yaml, run by real DVC in a temporary git repository on tiny settings."""
+"""End to end: the real dvc.yaml, run by real DVC in a temporary git repository on tiny settings.
+
+The repository is laid out like this one (the code at the top, the pipeline in a configuration
+folder with its own dvc.yaml and params.yaml, a DVC sub-repository), and runs through the
+warm-start worker, as `make demo` does.
+"""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -8,10 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from backdoorlab.attacks import ATTACKS
+from backdoorlab.defenses import DEFENSES
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {  # the demo's params, shrunk: real digits from scikit-learn, one or two epochs
@@ -19,34 +27,35 @@ TINY = {  # the demo's params, shrunk: real digits from scikit-learn, one or two
     "attack": {"cl_steps": 3, "ia_epochs": 1},
     "surrogate": {"epochs": 1, "adv_steps": 2},
     "train": {"arch": "convnet", "epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "cosine",
-              "milestones": [], "momentum": 0.9, "weight_decay": 0.0005, "augment": "crop",
-              "precision": "fp32", "seed": 0},
-    "isolate": {"epochs": 1, "lr": 0.05, "schedule": "cosine", "gamma": 0.5, "ratio": 0.01, "lga": "batch"},
-    "unlearn": {"finetune_epochs": 1, "finetune_lr": 0.05, "finetune_milestones": [], "epochs": 2,
-                "lr": 0.002, "batch_size": 16, "loss_cap": 5.0, "clean_ratio": 4},
+              "milestones": [], "momentum": 0.9, "weight_decay": 0.0005, "augment": "none", "precision": "fp32"},
+    "isolate": {"max_epochs": 2, "finetune_epochs": 1},
+    "abl": {"max_epochs": 2},
+    "abl_paper": {"max_epochs": 1},
 }
 
 
-def shell(repo: Path, *args: str) -> str:
+def shell(repo: Path, *args: str, check: bool = True) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TQDM_DISABLE": "1",
-           "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(repo.parent / "dvc-site-cache"),
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+           "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(repo.parent.parent / "dvc-site-cache"),
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "OMP_NUM_THREADS": "1"}
     result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    if check:
+        assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
+
+
+def dvc(repo: Path, *args: str) -> str:
+    """A dvc command through the warm-start worker, as `make demo` runs it."""
+    return shell(repo, sys.executable, "-m", "backdoorlab.worker", sys.executable, "-m", "dvc", *args)
 
 
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A git repository laid out like this one: the code at the top, the pipeline in a configuration
-    folder made like demo/ (its dvc.yaml, links to the code, a DVC sub-repository), on tiny params."""
-    top = tmp_path_factory.mktemp("e2e") / "repo"
-    top.mkdir()
+def make_repo(top: Path) -> Path:
+    top.mkdir(parents=True)
     for package in ("stages", "backdoorlab"):
         shutil.copytree(ROOT / package, top / package, ignore=shutil.ignore_patterns("__pycache__"))
     repo = top / "config"
@@ -60,6 +69,7 @@ def repo(tmp_path_factory) -> Path:
     tiny = yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())
     for group, values in TINY.items():
         tiny[group].update(values)
+    tiny["seeds"] = [0]
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
     (top / ".gitignore").write_text("__pycache__/\n")
     shell(top, "git", "init", "-q")
@@ -68,54 +78,139 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("e2e") / "repo")
+
+
+@pytest.fixture(scope="module")
 def first_run(repo) -> str:
-    output = shell(repo, sys.executable, "-m", "dvc", "repro")
+    output = dvc(repo, "repro")
     shell(repo, "git", "add", "-A")
     shell(repo, "git", "commit", "-qm", "first run")
     return output
 
 
-def test_repro_builds_every_row_of_the_results_table(repo, first_run):
+def table_rows(repo: Path) -> list[str]:
     table = (repo / "metrics" / "results.md").read_text()
-    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
+    return [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
+
+
+def test_repro_builds_every_row_of_the_results_table(repo, first_run):
     expected = ["clean data (reference)"]
     for attack in ATTACKS:
-        if attack == "input_aware":
-            expected.append("input_aware, attacker's own model")
-        expected += [f"{attack}, no defense", f"{attack} + ABL"]
-    assert rows == expected
-    assert "clean_label surrogate (adversarially trained)" in table
-    assert "cross-trigger" in table
-    assert (repo / "plots" / "unlearning.png").exists()
-    assert (repo / "plots" / "gallery" / "clean_label_eps.png").exists()
-    assert (repo / "plots" / "gallery" / "input_aware_triggers.png").exists()
+        expected += [f"{attack}, no defense"] + [f"{attack} + {defense}" for defense in DEFENSES]
+    assert table_rows(repo) == expected
+    table = (repo / "metrics" / "results.md").read_text()
+    assert "clean_label surrogate (adversarially trained)" in table and "cross-trigger" in table
+    summary = json.loads((repo / "metrics" / "results.json").read_text())
+    assert summary["badnets, no defense"]["asr"] >= 0 and "target_class_acc" in summary["clean data (reference)"]
+    for defense in DEFENSES:
+        assert (repo / "plots" / "unlearning" / f"{defense}.png").exists()
     for attack in ATTACKS:
         assert (repo / "plots" / "gallery" / f"{attack}.png").stat().st_size > 1000
-        assert (repo / "logs" / "unlearn" / attack / "asr.tsv").read_text().startswith("epoch\tasr\n")
+        curve = repo / "logs" / "abl" / attack / "seed0" / "plots" / "metrics" / "asr.tsv"
+        assert curve.read_text().startswith("step\tasr\n")  # dvclive's format, what `dvc plots show` reads
     assert "clean data (reference)" in first_run  # the report prints the table
 
 
 def test_a_second_repro_has_nothing_to_do(repo, first_run):
-    assert stages_run(shell(repo, sys.executable, "-m", "dvc", "repro")) == set()
+    assert stages_run(dvc(repo, "repro")) == set()
 
 
-def attack_stages(attack: str) -> set[str]:
-    return {f"poison_{attack}", f"train@{attack}", f"isolate@{attack}", f"unlearn@{attack}",
-            f"evaluate@{attack}", "report"}
+def attack_stages(attack: str, seeds=(0,)) -> set[str]:
+    per_seed = {f"train@{attack}-{s}" for s in seeds} | {f"isolate@{attack}-{s}" for s in seeds}
+    per_seed |= {f"defend_{d}@{attack}-{s}" for d in DEFENSES for s in seeds}
+    return {f"poison_{attack}", "report"} | per_seed
 
 
 def test_exp_run_on_a_badnets_knob_reruns_only_badnets_stages(repo, first_run):
-    output = shell(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "attack.badnets_rate=0.2")
+    output = dvc(repo, "exp", "run", "-S", "attack.badnets_rate=0.2")
     assert stages_run(output) == attack_stages("badnets")
-    poisoned = yaml.safe_load((repo / "data/poisoned/badnets/meta.json").read_text())
-    assert poisoned["knobs"] == {"badnets_rate": 0.2}
+    assert json.loads((repo / "data/poisoned/badnets/meta.json").read_text())["knobs"] == {"badnets_rate": 0.2}
     shell(repo, "git", "add", "-A")
     shell(repo, "git", "commit", "-qm", "badnets at 20%")
 
 
 def test_exp_run_on_sig_delta_reruns_only_sig_and_metrics_diff_shows_only_sig(repo, first_run):
-    output = shell(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "attack.delta=20")
+    output = dvc(repo, "exp", "run", "-S", "attack.delta=20")
     assert stages_run(output) == attack_stages("sig")
-    diff = yaml.safe_load(shell(repo, sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--json"))
+    diff = json.loads(shell(repo, sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--json"))
     assert diff, "the SIG metrics should differ from the committed run"
-    assert all(path.endswith(("evaluate/sig.json", "isolation/sig.json")) for path in diff), list(diff)
+    for path, changes in diff.items():
+        if path.endswith("results.json"):
+            assert all(key.startswith("sig") for key in changes), list(changes)
+        else:
+            assert "/sig/" in path, path
+
+
+def test_editing_the_training_loop_makes_every_stage_that_trains_or_scores_stale(repo, first_run):
+    loop = repo.parent / "backdoorlab" / "training.py"
+    original = loop.read_text()
+    loop.write_text(original + "\n# edited\n")
+    try:
+        stale = set(re.findall(r"^(\S+):$", shell(repo, sys.executable, "-m", "dvc", "status"), re.M))
+    finally:
+        loop.write_text(original)
+    trains = {"surrogate", "attacker", "train_clean@0"} | {f"train@{a}-0" for a in ATTACKS}
+    trains |= {f"isolate@{a}-0" for a in ATTACKS} | {f"defend_{d}@{a}-0" for d in DEFENSES for a in ATTACKS}
+    assert trains <= stale
+    assert not {name for name in stale if name == "data" or name.startswith("poison_") or name == "report"}
+
+
+def test_editing_the_report_makes_only_the_report_stale(repo, first_run):
+    report = repo.parent / "backdoorlab" / "report.py"
+    original = report.read_text()
+    report.write_text(original + "\n# edited\n")
+    try:
+        stale = set(re.findall(r"^(\S+):$", shell(repo, sys.executable, "-m", "dvc", "status"), re.M))
+    finally:
+        report.write_text(original)
+    assert stale == {"report"}
+
+
+def test_adding_a_seed_runs_only_that_seeds_stages(tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("seeds") / "repo")
+    dvc(repo, "repro", "train@badnets-0", "defend_abl@badnets-0")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["seeds"] = [0, 1]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = dvc(repo, "repro", "train@badnets-0", "train@badnets-1", "defend_abl@badnets-0", "defend_abl@badnets-1")
+    assert stages_run(output) == {"train@badnets-1", "isolate@badnets-1", "defend_abl@badnets-1"}
+
+
+def test_a_defense_never_sees_the_test_set(repo, first_run, tmp_path):
+    """Replacing every test image (clean and triggered) leaves the defended models byte-identical."""
+    work = tmp_path / "copy"
+    shutil.copytree(repo.parent, work, symlinks=True)
+    config = work / "config"
+    rng = np.random.default_rng(1)
+    with np.load(config / "data/dataset.npz") as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    arrays["x_test"] = rng.integers(0, 256, arrays["x_test"].shape, dtype=np.uint8)
+    np.savez(config / "data/dataset.npz", **arrays)
+    with np.load(config / "data/poisoned/badnets/test.npz") as archive:
+        test = {k: archive[k] for k in archive.files}
+    test["x"] = rng.integers(0, 256, test["x"].shape, dtype=np.uint8)
+    np.savez(config / "data/poisoned/badnets/test.npz", **test)
+    commands = [["stages.isolate", "badnets", "0"]] + [["stages.defend", d, "badnets", "0"] for d in DEFENSES]
+    for command in commands:
+        shell(config, sys.executable, "-m", *command)
+    for kind in ["finetuned", *DEFENSES]:
+        path = f"models/badnets/seed0/{kind}.pt"
+        assert (config / path).read_bytes() == (repo / path).read_bytes(), path
+    scores = json.loads((config / "metrics/scores/badnets/seed0/abl.json").read_text())
+    assert scores["test_acc"] != json.loads((repo / "metrics/scores/badnets/seed0/abl.json").read_text())["test_acc"]
+
+
+def test_results_travel_through_a_dvc_remote(repo, first_run, tmp_path):
+    """`dvc push` from one clone, `dvc pull` in a fresh one: nothing to rerun and the same table."""
+    shell(repo, sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    shell(repo, "git", "add", "-A")
+    shell(repo, "git", "commit", "-qm", "remote", check=False)
+    shell(repo, sys.executable, "-m", "dvc", "push", "-q")
+    clone = tmp_path / "clone"
+    shell(tmp_path, "git", "clone", "-q", str(repo.parent), str(clone))
+    config = clone / "config"
+    shell(config, sys.executable, "-m", "dvc", "pull", "-q")
+    assert stages_run(dvc(config, "repro")) == set()
+    assert (config / "metrics/results.md").read_text() == (repo / "metrics/results.md").read_text()

@@ -1,11 +1,16 @@
 """Artifacts are written atomically and read back without running code."""
 from __future__ import annotations
 
+import json
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
 
-from backdoorlab.storage import atomic_path, load_arrays, load_checkpoint, save_arrays, save_checkpoint, save_json
+from backdoorlab.storage import (atomic_path, load_arrays, load_checkpoint, save_arrays, save_checkpoint, save_json,
+                                 save_text)
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
@@ -18,10 +23,36 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
 
 
 def test_a_rewrite_replaces_the_old_file_whole(tmp_path):
-    save_json(tmp_path / "m.json", {"a": 1})
+    save_json(tmp_path / "m.json", {"a": 1, "padding": "x" * 100})
     save_json(tmp_path / "m.json", {"a": 2})
-    assert (tmp_path / "m.json").read_text().strip().endswith("}")
-    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left beside it
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield 0o022
+    os.umask(old)
+
+
+@pytest.mark.parametrize("write", [lambda p: save_json(p, {"a": 1}), lambda p: save_text(p, "text"),
+                                   lambda p: save_arrays(p, x=np.arange(3)),
+                                   lambda p: save_checkpoint(p, {"w": torch.zeros(2)})],
+                         ids=["json", "text", "arrays", "checkpoint"])
+def test_atomically_written_files_get_the_mode_a_plain_write_gives(tmp_path, umask_022, write):
+    write(tmp_path / "atomic")
+    with open(tmp_path / "plain", "w"):
+        pass
+    mode = stat.S_IMODE((tmp_path / "atomic").stat().st_mode)
+    assert mode == 0o666 & ~umask_022 == 0o644
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
+def test_the_mode_follows_the_umask_in_force(tmp_path, umask_022):
+    os.umask(0o077)
+    save_json(tmp_path / "private.json", {"a": 1})
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
 
 
 def test_arrays_round_trip_and_object_arrays_are_refused(tmp_path):

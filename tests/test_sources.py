@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backdoorlab import datasets
-from backdoorlab.datasets import DataSourceError, Dataset, load_source
+from backdoorlab import sources
+from backdoorlab.dataset import Dataset
+from backdoorlab.sources import DataSourceError, load_source
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -144,7 +145,7 @@ def build_cifar_archive(path: Path, meta=None) -> tuple[str, dict]:
 def test_cifar10_reader_parses_the_official_python_format(tmp_path):
     archive = tmp_path / "cifar-10-python.tar.gz"
     md5, batches = build_cifar_archive(archive)
-    data = datasets.read_cifar10_archive(archive, md5=md5)
+    data = sources.read_cifar10_archive(archive, md5=md5)
     assert data.x_train.shape == (10, 32, 32, 3) and data.x_train.dtype == np.uint8
     assert data.y_train.tolist() == [1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
     assert data.y_test.tolist() == [3, 4, 5]
@@ -160,7 +161,7 @@ def test_cifar10_archive_with_the_wrong_md5_is_refused_before_unpickling(tmp_pat
     archive = tmp_path / "cifar-10-python.tar.gz"
     build_cifar_archive(archive)
     with pytest.raises(DataSourceError, match="MD5 .* refused"):
-        datasets.read_cifar10_archive(archive)  # the official checksum: this tiny archive is not it
+        sources.read_cifar10_archive(archive)  # the official checksum: this tiny archive is not it
 
 
 class RunsCode:
@@ -172,19 +173,19 @@ def test_cifar10_batches_may_only_rebuild_arrays_even_when_the_checksum_matches(
     archive = tmp_path / "cifar-10-python.tar.gz"
     md5, _ = build_cifar_archive(archive, meta={b"label_names": RunsCode()})
     with pytest.raises(pickle.UnpicklingError, match=r"print is not allowed in a CIFAR-10 batch"):
-        datasets.read_cifar10_archive(archive, md5=md5)
+        sources.read_cifar10_archive(archive, md5=md5)
 
 
 def test_cifar10_download_finds_an_archive_already_in_place(tmp_path, monkeypatch):
     archive = tmp_path / "cifar-10-python.tar.gz"
     md5, _ = build_cifar_archive(archive)
-    monkeypatch.setattr(datasets, "CIFAR10_MD5", md5)
+    monkeypatch.setattr(sources, "CIFAR10_MD5", md5)
     data = load_source("cifar10", download_root=tmp_path)
     assert len(data.y_train) == 10
 
 
 def test_cifar10_offline_gives_one_line_saying_how_to_point_at_a_local_copy(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    monkeypatch.setattr(sources, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     with pytest.raises(DataSourceError) as error:
         load_source("cifar10", download_root=tmp_path)
     message = str(error.value)
