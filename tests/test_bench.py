@@ -1,0 +1,107 @@
+"""The benchmark's bookkeeping: file names, params edits, and the totals it derives from stage timings.
+
+No timing is asserted and no pipeline is run here: only the arithmetic the figures go through."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench import ROOT, aggregate, edit_params, slug, stage_model, stage_row
+
+
+def test_slug_is_a_lowercase_file_name_with_the_thread_count():
+    assert slug("AMD EPYC", 2) == "amd-epyc-2t"
+    assert slug("Intel(R) Xeon(R) CPU @ 2.20GHz", 8) == "intel-xeon-2-20ghz-8t"
+    assert slug("AMD EPYC 7B13 64-Core Processor", 16) == "amd-epyc-7b13-16t"
+    assert slug("AMD EPYC", 16, gpu="NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3-amd-epyc-16t"
+    assert slug("", 1) == "unknown-cpu-1t"
+    for name in ("a/b c", "x\\y:z*?"):
+        assert all(ch.isalnum() or ch == "-" for ch in slug(name, 4))
+
+
+def row(stage, wall, model=None, images=0, ips=None, **phases):
+    """A timings record as backdoorlab.runner writes it, through stage_row."""
+    record = {"stage": stage, "wall_s": wall, "phases_s": phases, "trained_images": images,
+              "train_images_per_s": ips}
+    params = {"train": {"arch": model}, "surrogate": {"arch": "convnet", "adversarial": True}}
+    return stage_row(record, params)
+
+
+def test_stage_overhead_is_wall_minus_the_work_phases():
+    r = row("stages.train clean 0", 10.0, "convnet", startup=0.5, data=1.0, training=6.0, evaluation=2.0, other=0.5)
+    assert r["overhead_s"] == pytest.approx(1.0)  # start-up 0.5 + other 0.5
+    assert r["model"] == "convnet"
+    poison = row("stages.poison badnets", 4.0, startup=1.0, poisoning=2.0, pictures=0.5, other=0.5)
+    assert poison["overhead_s"] == pytest.approx(1.5) and poison["model"] is None
+
+
+def test_totals_add_dvc_time_to_the_overhead_and_weight_images_per_second_by_training_time():
+    rows = [row("stages.data", 2.0, startup=0.5, data=1.0, other=0.5),
+            # 1000 images at 100/s (10 s) and 3000 images at 1000/s (3 s): 4000 / 13 s, not the mean 550
+            row("stages.train clean 0", 14.0, "wrn16-1", 1000, 100.0, startup=0.5, training=12.0, other=1.5),
+            row("stages.isolate badnets 0", 5.0, "wrn16-1", 3000, 1000.0, startup=0.5, training=4.0, other=0.5)]
+    totals = aggregate(rows, 27.0, "wrn16-1", best_step=400.0)
+    assert totals["stages"] == 3
+    assert totals["stage_wall_s"] == pytest.approx(21.0)
+    assert totals["dvc_s"] == pytest.approx(6.0)
+    assert totals["dvc_per_stage_s"] == pytest.approx(2.0)
+    assert totals["stage_overhead_s"] == pytest.approx(1.0 + 2.0 + 1.0)
+    assert totals["overhead_s"] == pytest.approx(4.0 + 6.0)
+    assert totals["overhead_mean_s"] == pytest.approx(10.0 / 3, abs=1e-3)
+    assert totals["trained_images"] == 4000 and totals["model_stages"] == 2
+    assert totals["train_images_per_s"] == pytest.approx(4000 / 13, abs=0.1)
+    assert totals["step_percent"] == pytest.approx(100 * (4000 / 13) / 400, abs=0.1)
+    assert totals["phases_s"]["training"] == pytest.approx(16.0)
+
+
+def test_only_the_configs_model_counts_towards_images_per_second():
+    rows = [row("stages.train clean 0", 5.0, "convnet", 1000, 500.0, training=2.0),
+            row("stages.surrogate", 9.0, None, 1000, 50.0, training=8.0),  # adversarial: not a plain step
+            row("stages.train badnets 0", 5.0, "convnet", 1000, 1000.0, training=1.0)]
+    assert rows[1]["model"] is None
+    totals = aggregate(rows, 20.0, "convnet")
+    assert totals["train_images_per_s"] == pytest.approx(2000 / 3, abs=0.1)
+    assert totals["step_percent"] is None  # no bare step to compare with
+    assert aggregate(rows, 20.0, "wrn16-1")["train_images_per_s"] is None
+    assert aggregate([], 3.0, "convnet")["overhead_mean_s"] is None
+
+
+def test_stage_model_follows_the_params():
+    params = {"train": {"arch": "wrn16-1"}, "surrogate": {"arch": "convnet", "adversarial": False}}
+    assert stage_model("stages.defend abl badnets 0", params) == "wrn16-1"
+    assert stage_model("stages.surrogate", params) == "convnet"
+    assert stage_model("stages.attacker", params) is None  # trains a trigger generator alongside
+    assert stage_model("stages.report", params) is None
+
+
+def test_edit_params_sets_seeds_and_makes_a_relative_source_absolute(tmp_path):
+    text = ("# top\nseeds: [0, 1, 2]  # three\n\ndata:\n  source: ../../shared/x.tar.gz  # a copy\n"
+            "  sha256: abc\n\nattack:\n  source: ../not/this\n")
+    out = edit_params(text, seeds=2, base=tmp_path / "config")
+    assert "seeds: [0, 1]" in out and "seeds: [0, 1, 2]" not in out
+    assert f'  source: "{os.path.abspath(tmp_path / "config" / "../../shared/x.tar.gz")}"  # a copy\n' in out
+    assert "  source: ../not/this\n" in out  # another section's key of the same name is left alone
+    assert out.startswith("# top\n") and "  sha256: abc\n" in out
+    assert edit_params("data:\n  source: cifar10\n", base=tmp_path) == "data:\n  source: cifar10\n"
+    assert edit_params("data:\n  source: /abs/x.tar\n", base=tmp_path) == "data:\n  source: /abs/x.tar\n"
+
+
+def test_cifar10_cpu_source_points_at_the_shared_datasets():
+    import yaml
+
+    text = (ROOT / "cifar10-cpu" / "params.yaml").read_text()
+    source = yaml.safe_load(edit_params(text, base=ROOT / "cifar10-cpu"))["data"]["source"]
+    assert source == os.path.abspath(ROOT / ".." / "shared" / "datasets" / Path(source).name)
+
+
+def test_help_describes_the_pipeline():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for words in ("pipeline", "--skip-pipeline", "--config", "--targets", "--seeds", "--no-worker", "--output",
+                  "BACKDOORLAB_TIMINGS", "benchmarks/results"):
+        assert words in done.stdout
