@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backdoorlab.defenses.abl import (IsolationConfig, candidates, dominated_prefix, isolate, learning_speed,
+from backdoorlab.defenses.abl import (IsolationConfig, candidates, dominated_prefix, expand_in_features, isolate,
+                                      learning_speed,
                                       otsu_split)
 from backdoorlab.models import new_model
 from backdoorlab.runtime import Runtime
@@ -115,3 +116,24 @@ def test_an_unreachable_concentration_isolates_nothing_even_with_a_backdoor():
     x, y, _ = images(1000, seed=0, poison_rate=0.05)
     found, _ = run_isolation(x, y, IsolationConfig(**{**CONFIG.__dict__, "min_concentration": 1.01, "max_epochs": 2}))
     assert not found.found and len(found.indices) == 0
+
+
+# ------------------------------------------------------------------ expansion in feature space
+
+class PatchFeatures(torch.nn.Module):
+    """A stand-in for a model that has learned the backdoor: one feature responds to the bright corner
+    patch, the other to the image's overall brightness."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0, -2:, -2:].mean((1, 2)) ** 4, x[:, 0].mean((1, 2))], 1)
+
+
+def test_expansion_brings_in_the_poison_isolation_left_behind_and_anchors_on_clean_examples():
+    x, y, poisoned = images(2000, seed=0, poison_rate=0.05)
+    isolated = np.sort(poisoned[:20])  # a 20% sample of the poison, as isolation gives
+    split = expand_in_features(PatchFeatures(), x, y.numpy(), isolated, CPU)
+    assert set(isolated) <= set(split.forget)
+    assert np.isin(poisoned, split.forget).mean() >= 0.95  # the other 80% found
+    assert np.isin(split.forget, poisoned).mean() >= 0.95  # and few clean zeros with them
+    assert not np.isin(split.anchors, poisoned).any() and (y.numpy()[split.anchors] == 0).all()
+    assert split.separation > 0.9
