@@ -34,16 +34,9 @@ class DataSourceError(ParamError):
     """The data source cannot be read; the message is one line saying what to do."""
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def md5_of(path: str | Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """Hex digest of a file, read in 1 MiB blocks (archives can be large)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -122,7 +115,7 @@ def _safe_member_name(member: tarfile.TarInfo) -> str:
 def read_image_archive(path: str | Path, sha256: str) -> Dataset:
     """Read an ImageFolder .tar/.tar.gz in memory, after checking its SHA-256; nothing is extracted."""
     path = Path(path)
-    actual = sha256_of(path)
+    actual = file_digest(path, "sha256")
     if not sha256:
         raise DataSourceError(f"data.sha256: the archive {path} is unverified; check where it came from, "
                               f"then set data.sha256: {actual}")
@@ -165,7 +158,7 @@ def _read_batch(data: bytes) -> dict:
 def read_cifar10_archive(archive: str | Path, md5: str | None = None) -> Dataset:
     """Parse cifar-10-python.tar.gz (data_batch_1..5, test_batch, batches.meta) after checking its MD5."""
     archive, md5 = Path(archive), md5 or CIFAR10_MD5
-    actual = md5_of(archive)
+    actual = file_digest(archive, "md5")
     if actual != md5:
         raise DataSourceError(f"{archive}: MD5 is {actual}, expected {md5}; corrupt or not the "
                               "official CIFAR-10 release; refused")

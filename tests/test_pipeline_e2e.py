@@ -135,14 +135,19 @@ def test_exp_run_on_sig_delta_reruns_only_sig_and_metrics_diff_shows_only_sig(re
             assert "/sig/" in path, path
 
 
-def test_editing_the_training_loop_makes_every_stage_that_trains_or_scores_stale(repo, first_run):
-    loop = repo.parent / "backdoorlab" / "training.py"
-    original = loop.read_text()
-    loop.write_text(original + "\n# edited\n")
+def stale_after_editing(repo: Path, module: str) -> set[str]:
+    """The stages `dvc status` reports as changed while backdoorlab/<module> carries one extra line."""
+    path = repo.parent / "backdoorlab" / module
+    original = path.read_text()
+    path.write_text(original + "\n# edited\n")
     try:
-        stale = set(re.findall(r"^(\S+):$", shell(repo, sys.executable, "-m", "dvc", "status"), re.M))
+        return set(re.findall(r"^(\S+):$", shell(repo, sys.executable, "-m", "dvc", "status"), re.M))
     finally:
-        loop.write_text(original)
+        path.write_text(original)
+
+
+def test_editing_the_training_loop_makes_every_stage_that_trains_or_scores_stale(repo, first_run):
+    stale = stale_after_editing(repo, "training.py")
     trains = {"surrogate", "attacker", "train_clean@0"} | {f"train@{a}-0" for a in ATTACKS}
     trains |= {f"isolate@{a}-0" for a in ATTACKS} | {f"defend_{d}@{a}-0" for d in DEFENSES for a in ATTACKS}
     assert trains <= stale
@@ -150,14 +155,7 @@ def test_editing_the_training_loop_makes_every_stage_that_trains_or_scores_stale
 
 
 def test_editing_the_report_makes_only_the_report_stale(repo, first_run):
-    report = repo.parent / "backdoorlab" / "report.py"
-    original = report.read_text()
-    report.write_text(original + "\n# edited\n")
-    try:
-        stale = set(re.findall(r"^(\S+):$", shell(repo, sys.executable, "-m", "dvc", "status"), re.M))
-    finally:
-        report.write_text(original)
-    assert stale == {"report"}
+    assert stale_after_editing(repo, "report.py") == {"report"}
 
 
 def test_a_defense_never_sees_the_test_set(repo, first_run, tmp_path):
