@@ -25,7 +25,7 @@ import numpy as np
 from backdoorlab import params
 from backdoorlab.artifacts import check_model_name, test_sets, training_set
 from backdoorlab.curves import Curves
-from backdoorlab.defenses.abl import FINETUNED, IsolationConfig, isolate
+from backdoorlab.defenses.isolation import FINETUNED, IsolationConfig, isolate
 from backdoorlab.gallery import loss_histogram
 from backdoorlab.layout import isolated_file, isolation_metrics, isolation_plot, log_dir, model_file
 from backdoorlab.metrics import isolation_precision_recall

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backdoorlab.defenses.abl import forget_loss, isolate_lowest, lga_loss, unlearning_loss
+from backdoorlab.defenses.abl import forget_loss, unlearning_loss
+from backdoorlab.defenses.isolation import isolate_lowest, lga_loss
 
 
 def grad_of_true_logit(loss_fn, true_logit: float, weight: float = 1.0) -> float:

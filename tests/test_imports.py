@@ -89,7 +89,7 @@ def test_asking_a_registry_for_one_entry_loads_that_module_only():
                                "backdoorlab.attacks.attack_class('badnets')\n"
                                "backdoorlab.defenses.param_keys('abl')\n")
     assert loaded == ["backdoorlab.attacks.badnets", "backdoorlab.attacks.base", "backdoorlab.defenses.abl",
-                      "backdoorlab.defenses.base"]
+                      "backdoorlab.defenses.base", "backdoorlab.defenses.isolation"]  # abl's own phase 1
 
 
 # ------------------------------------------------------------------ fine-grained code deps

@@ -1,14 +1,11 @@
-"""ABL's adaptive isolation and the feature-space expansion (backdoorlab/defenses/abl.py): a backdoor is one
-label learned fast, so isolation looks for one label dominating the fastest-learned examples, and says so
-when none does."""
+"""ABL's adaptive isolation (backdoorlab/defenses/isolation.py): a backdoor is one label learned fast, so
+isolation looks for one label dominating the fastest-learned examples, and says so when none does."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from backdoorlab.defenses.abl import (IsolationConfig, candidates, dominated_prefix, expand_in_features, isolate,
-                                      learning_speed,
-                                      otsu_split)
+from backdoorlab.defenses.isolation import IsolationConfig, candidates, isolate, learning_speed
 from backdoorlab.models import new_model
 from backdoorlab.runtime import Runtime
 from backdoorlab.training import TrainOptions
@@ -42,23 +39,6 @@ def test_on_clean_data_the_fastest_examples_are_spread_over_the_labels():
     y = rng.integers(0, 10, 2000)
     speed = rng.normal(0.0, 0.3, 2000) - 0.2 * (y % 3)  # some classes are easier, none by far
     assert candidates(speed, y, ratio=0.02).concentration < 0.9
-
-
-def test_the_dominated_prefix_keeps_a_labels_examples_while_it_holds_the_share():
-    speed = np.arange(10.0)  # example i is the i-th fastest
-    y = np.array([5, 5, 5, 1, 5, 5, 2, 3, 5, 4])
-    # shares of label 5 along the prefix: 1, 1, 1, .75, .8, .83, .71, .63, .67, .6
-    np.testing.assert_array_equal(dominated_prefix(speed, y, 5, 0.8), [0, 1, 2, 4, 5])
-    np.testing.assert_array_equal(dominated_prefix(speed, y, 7, 0.8), [])
-
-
-def test_otsu_splits_two_far_groups_cleanly_and_one_mode_weakly():
-    rng = np.random.default_rng(0)
-    two = np.concatenate([rng.normal(0.0, 0.1, 300), rng.normal(5.0, 0.1, 30)])
-    effectiveness, threshold = otsu_split(two)
-    assert effectiveness > 0.95 and two[:300].max() <= threshold < two[300:].min()  # the high group is > it
-    one, _ = otsu_split(rng.normal(0.0, 1.0, 5000))
-    assert 0.55 < one < 0.72  # 2/pi ~ 0.64 for a normal mode: no real split
 
 
 # ------------------------------------------------------------------ isolation on a real model
@@ -116,24 +96,3 @@ def test_an_unreachable_concentration_isolates_nothing_even_with_a_backdoor():
     x, y, _ = images(1000, seed=0, poison_rate=0.05)
     found, _ = run_isolation(x, y, IsolationConfig(**{**CONFIG.__dict__, "min_concentration": 1.01, "max_epochs": 2}))
     assert not found.found and len(found.indices) == 0
-
-
-# ------------------------------------------------------------------ expansion in feature space
-
-class PatchFeatures(torch.nn.Module):
-    """A stand-in for a model that has learned the backdoor: one feature responds to the bright corner
-    patch, the other to the image's overall brightness."""
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([x[:, 0, -2:, -2:].mean((1, 2)) ** 4, x[:, 0].mean((1, 2))], 1)
-
-
-def test_expansion_brings_in_the_poison_isolation_left_behind_and_anchors_on_clean_examples():
-    x, y, poisoned = images(2000, seed=0, poison_rate=0.05)
-    isolated = np.sort(poisoned[:20])  # a 20% sample of the poison, as isolation gives
-    split = expand_in_features(PatchFeatures(), x, y.numpy(), isolated, CPU)
-    assert set(isolated) <= set(split.forget)
-    assert np.isin(poisoned, split.forget).mean() >= 0.95  # the other 80% found
-    assert np.isin(split.forget, poisoned).mean() >= 0.95  # and few clean zeros with them
-    assert not np.isin(split.anchors, poisoned).any() and (y.numpy()[split.anchors] == 0).all()
-    assert split.separation > 0.9

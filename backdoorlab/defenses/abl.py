@@ -2,9 +2,9 @@
 
 ABL rests on two observations: a model learns poisoned examples much faster than clean
 ones, and a backdoor ties them to one target class. Phase 1 (the `isolate` stage,
-shared by both ABL defenses) trains a model with the LGA loss, isolates the examples
-it learned suspiciously fast, and keeps training it on the rest. Phase 2 (each ABL
-defense's own stage) unlearns the isolated examples.
+isolation.py, shared by both ABL defenses) trains a model with the LGA loss, isolates
+the examples it learned suspiciously fast, and keeps training it on the rest. Phase 2,
+here (each ABL defense's own stage), unlearns the isolated examples.
 
 The paper (registry entry `abl_paper`, params group `abl_paper`): isolate the lowest
 1% of per-example losses after T_te epochs (`isolate.selection: lowest`), then
@@ -12,40 +12,35 @@ gradient *ascent* on their cross-entropy, lr 5e-4, a fixed number of epochs.
 
 This project's ABL (entry `abl`, the default), every choice made on training data:
 
-- Isolation trains without augmentation, as the paper does: a shifted or cut corner
-  trigger is learned later, and then not at all within a short isolation budget.
-- When to stop and what to isolate (`isolate.selection: adaptive`): every example's
-  loss is recorded as training sees it, each epoch, at no extra cost; its mean log
-  loss over the epochs so far is its learning speed (one epoch alone is noise: the
-  LGA loss makes the model swing, and a whole easy class can dip for an epoch). A
-  backdoor is learned by one label, so among the fastest `isolate.ratio` of the data
-  one label comes to dominate; on clean data the fastest are spread over the easy
-  classes. Isolation stops at the first epoch (from the second on) where one label
-  holds `isolate.min_concentration` of the fastest, and isolates those of that label.
-  If no epoch does, it isolates nothing and says so in its metrics, rather than
-  unlearning arbitrary clean images. Neither the rate nor the target class enters.
+- Isolation adapts (isolation.py): it stops once one label dominates the fastest-learned
+  examples, and isolates nothing when none does.
 - What to unlearn (`abl.expand: features`): the isolated 1% is only a sample of the
-  poison, and the rest of it, left in the training that follows, keeps teaching the
-  backdoor. In the fine-tuned model, which has learned the backdoor, poisoned inputs
+  poison. In the fine-tuned model, which has learned the backdoor, poisoned inputs
   share a representation (Chen et al. 2018, activation clustering): every example of
   the isolated label is projected on the direction from the rest of that label to the
-  isolated examples, Otsu's threshold splits the projections, and the high side,
-  with the examples of that label that isolation found as fast to learn as the
-  isolated group, is unlearned. The lower half of the rest serves as clean examples
-  of the label (the poison the split misses lies just below it).
+  isolated examples, Otsu's threshold splits the projections, and the high side is
+  unlearned. The lower half of the rest serves as clean examples of the label (the
+  poison the split misses lies just below it). Examples of that label that were merely
+  learned fast are not added: on the demo most of them are clean, and unlearning them
+  costs the target class (BadNets: 97% -> 63%).
 - Unlearning descends on -log(1 - p(label)) for those examples instead of ascending
   on their cross-entropy: its gradient does not vanish where p(label) ~ 1 (ascent's
   does, so whether it takes off is luck) and it vanishes by itself once an example is
   forgotten. Clean examples are learned at the same time (`same_label_ratio` of the
   label's clean examples and `clean_ratio` of the other labels' per unlearned one),
-  so the model unlearns the trigger and not the class. It stops once the unlearned
-  examples' accuracy has fallen to `stop_isolated_acc`: a rule on training data only.
+  so the model unlearns the trigger and not the class.
+- When to stop, on training data only: a `holdout` share of those clean examples (of
+  the label, and of the other labels) is never trained on during unlearning and scored
+  each epoch. Unlearning stops at the first epoch where the unlearned examples'
+  accuracy is at most `stop_isolated_acc` and the held-out examples have lost at most
+  `max_clean_drop` of their accuracy; unlearning is at its most disruptive in its first
+  epoch, so stopping on the first condition alone can keep a model that has lost half
+  its accuracy.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -57,129 +52,9 @@ from ..models import load_model
 from ..params import choice, integer, number, rate
 from ..runtime import Runtime
 from ..storage import load_arrays
-from ..training import LossFn, TrainOptions, accuracy_and_loss, per_example_losses, sgd, subset, train_epoch
+from ..training import LossFn, TrainOptions, accuracy_and_loss, sgd, subset, train_epoch
 from .base import Defense, DefenseJob
-
-FINETUNED = "finetuned"  # the phase-1 model both ABL defenses start from: models/<attack>/seed<k>/finetuned.pt
-Log = Callable[[nn.Module, dict], None]
-
-
-# ----------------------------------------------------------------------------- phase 1: isolation
-
-def lga_loss(gamma: float, per_example: bool) -> LossFn:
-    """LGA: sign(l - gamma) * l, so the loss descends above gamma and ascends below it.
-
-    per_example=True applies it to each example's loss (the paper's formula);
-    per_example=False to the batch mean (the reference code's "flooding" |l - b| + b,
-    which has the same gradient).
-    """
-
-    def loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        losses = F.cross_entropy(logits, y, reduction="none") * weight
-        if per_example:
-            return (torch.sign(losses - gamma) * losses).mean()
-        mean = losses.mean()
-        return torch.sign(mean - gamma) * mean
-
-    return loss
-
-
-def isolate_lowest(losses: np.ndarray, ratio: float) -> np.ndarray:
-    """Indices (sorted) of the lowest-loss fraction `ratio` of the examples; at least one (the paper's rule)."""
-    count = min(len(losses), max(1, round(ratio * len(losses))))
-    return np.sort(np.argsort(losses, kind="stable")[:count])
-
-
-def learning_speed(history: list[np.ndarray]) -> np.ndarray:
-    """Each example's mean log10 loss over the isolation epochs as training saw it, the first epoch left out
-    once there are others (it starts from a random model). Low: learned fast and kept learned."""
-    logs = np.log10(np.stack(history[1:] if len(history) > 1 else history) + 1e-8)
-    return logs.mean(0)
-
-
-@dataclass
-class Candidates:
-    """The fastest-learned `ratio` of the training set, and how much one label dominates it."""
-
-    indices: np.ndarray  # the fastest-learned examples, fastest first
-    label: int  # their most common label
-    concentration: float  # the share of that label among them
-    gap: float  # decades between the median speed of that label's candidates and of the rest of that label
-
-
-def candidates(speed: np.ndarray, y: np.ndarray, ratio: float) -> Candidates:
-    count = min(len(speed), max(1, round(ratio * len(speed))))
-    fastest = np.argsort(speed, kind="stable")[:count]
-    counts = np.bincount(y[fastest])
-    label = int(np.argmax(counts))
-    mine = fastest[y[fastest] == label]
-    rest = np.setdiff1d(np.flatnonzero(y == label), mine)
-    gap = float(np.median(speed[rest]) - np.median(speed[mine])) if len(rest) else 0.0
-    return Candidates(fastest, label, float(counts[label] / count), gap)
-
-
-@dataclass
-class Isolation:
-    indices: np.ndarray  # isolated examples, sorted
-    losses: np.ndarray  # every example's loss (eval mode) when isolation stopped
-    speed: np.ndarray  # every example's learning speed (see learning_speed) when isolation stopped
-    epochs: int  # isolation epochs trained
-    found: bool  # adaptive: a group dominated by one label was found; lowest: always True
-    candidates: Candidates  # when isolation stopped
-
-
-@dataclass(frozen=True)
-class IsolationConfig:
-    max_epochs: int
-    lr: float
-    gamma: float
-    per_example: bool
-    augment: str
-    selection: str  # adaptive | lowest
-    ratio: float  # the share examined (adaptive) or isolated (lowest)
-    min_concentration: float  # adaptive: the share of one label among the fastest that counts as a backdoor
-
-    @classmethod
-    def from_params(cls, p: dict) -> "IsolationConfig":
-        return cls(p["isolate.max_epochs"], p["isolate.lr"], p["isolate.gamma"], p["isolate.lga"] == "per_example",
-                   p["isolate.augment"], p["isolate.selection"], p["isolate.ratio"], p["isolate.min_concentration"])
-
-
-def isolate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime, opts: TrainOptions,
-            cfg: IsolationConfig, log: Log) -> Isolation:
-    """Train `model` with LGA at a constant lr (the paper's), and isolate (see the module's notes)."""
-    opts = opts.replace(epochs=cfg.max_epochs, lr=cfg.lr, schedule="constant", augment=cfg.augment)
-    gen = torch.Generator(device=rt.device).manual_seed(opts.seed)
-    optimizer = sgd(model, opts)
-    labels = y.cpu().numpy()
-    seen = torch.zeros(len(y), device=rt.device)
-    history: list[np.ndarray] = []
-    found = False
-    for epoch in range(cfg.max_epochs):
-        stats = train_epoch(model, x, y, optimizer, rt, opts, gen, lga_loss(cfg.gamma, cfg.per_example),
-                            desc=f"isolate {epoch + 1}/{cfg.max_epochs}", example_losses=seen)
-        history.append(seen.cpu().numpy().copy())
-        cand = candidates(learning_speed(history), labels, cfg.ratio)
-        log(model, {"lr": cfg.lr, "train_loss": stats["loss"], "train_acc": stats["acc"],
-                    "concentration": cand.concentration, "label": cand.label, "gap": cand.gap})
-        if cfg.selection == "adaptive" and epoch >= 1 and cand.concentration >= cfg.min_concentration:
-            found = True
-            break
-    losses = per_example_losses(model, x, y, rt).cpu().numpy()
-    speed = learning_speed(history)
-    if cfg.selection == "lowest":
-        return Isolation(isolate_lowest(losses, cfg.ratio), losses, speed, len(history), True, cand)
-    chosen = cand.indices[labels[cand.indices] == cand.label] if found else np.zeros(0, dtype=np.int64)
-    return Isolation(np.sort(chosen), losses, speed, len(history), found, cand)
-
-
-def dominated_prefix(speed: np.ndarray, y: np.ndarray, label: int, concentration: float) -> np.ndarray:
-    """The examples of `label` among the longest fastest-first prefix in which `label` keeps `concentration`."""
-    order = np.argsort(speed, kind="stable")
-    share = np.cumsum(y[order] == label) / np.arange(1, len(order) + 1)
-    kept = np.flatnonzero(share >= concentration)
-    prefix = order[:kept.max() + 1] if len(kept) else order[:0]
-    return np.sort(prefix[y[prefix] == label])
+from .isolation import FINETUNED, Log
 
 
 # ----------------------------------------------------------------------------- phase 2: unlearning
@@ -249,7 +124,7 @@ class Expansion:
 
 
 def expand_in_features(model: nn.Module, x: torch.Tensor, y: np.ndarray, isolated: np.ndarray,
-                       rt: Runtime, fast: np.ndarray | None = None) -> Expansion:
+                       rt: Runtime) -> Expansion:
     """Find the rest of the poison: in a model that learned the backdoor, poisoned inputs share a
     representation (Chen et al. 2018, activation clustering). Seeded by the isolated examples, every
     example of their label is projected on the direction from the rest of that label to the isolated
@@ -262,8 +137,6 @@ def expand_in_features(model: nn.Module, x: torch.Tensor, y: np.ndarray, isolate
     projection = f @ (f[seed].mean(0) - f[~seed].mean(0))
     separation, threshold = otsu_split(projection)
     high = projection > threshold
-    if fast is not None:  # as fast to learn as the isolated group: poison too, by the other signal
-        high |= np.isin(members, fast)
     forget = np.union1d(isolated, members[high])
     rest = ~high & ~seed
     anchors = members[rest & (projection <= np.median(projection[rest]))] if rest.any() else members[:0]
@@ -282,16 +155,21 @@ class UnlearningConfig:
     same_label_ratio: float  # clean examples with the isolated example's label, per isolated example
     stop: str  # isolated_acc | none
     stop_isolated_acc: float
+    holdout: float  # share of the clean examples kept out of unlearning to measure its cost
+    max_clean_drop: float  # accuracy the held-out examples may lose (of the label, of the others) at the stop
 
 
 def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.ndarray, rt: Runtime,
-            opts: TrainOptions, cfg: UnlearningConfig, log: Log, fast: np.ndarray | None = None) -> dict:
+            opts: TrainOptions, cfg: UnlearningConfig, log: Log) -> dict:
     """Unlearn the `isolated` examples (with cfg.expand, and those sharing their representation), learning
     clean examples alongside: `same_label_ratio` per unlearned example from the rest of their label and
     `clean_ratio` from the other labels. Returns a summary.
 
-    Epoch 0 of the log is the model before unlearning. Stops after cfg.max_epochs, or (stop: isolated_acc)
-    at the first epoch whose unlearned examples' accuracy is at most cfg.stop_isolated_acc.
+    Epoch 0 of the log is the model before unlearning. With stop: none it trains cfg.max_epochs. With
+    stop: isolated_acc it stops at the first epoch where the unlearned examples' accuracy is at most
+    cfg.stop_isolated_acc and the held-out clean examples (a cfg.holdout share of the label's and of the
+    other labels', never trained on here) have lost at most cfg.max_clean_drop of their accuracy; if no
+    epoch meets both, it returns the model of the epoch that met the first at the lowest cost, else the last.
     """
     opts = opts.replace(lr=cfg.lr, batch_size=cfg.batch_size, augment="none", epochs=cfg.max_epochs)
     rng = np.random.default_rng(opts.seed)
@@ -303,24 +181,44 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
     loss_fn = unlearning_loss(cfg.objective, cfg.loss_cap)
     summary = {"isolated": int(len(isolated)), "epochs": 0, "stopped_by": "max_epochs"}
     if len(isolated) and cfg.expand == "features":
-        split = expand_in_features(model, x, labels, isolated, rt, fast)
+        split = expand_in_features(model, x, labels, isolated, rt)
         forget, anchors = split.forget, split.anchors
         summary.update(unlearned=int(len(forget)), feature_separation=split.separation)
     else:
         forget, anchors = isolated, np.setdiff1d(np.flatnonzero(suspect), isolated)
         summary["unlearned"] = int(len(forget))
+
+    def hold_out(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        held = np.sort(rng.choice(pool, size=round(cfg.holdout * len(pool)), replace=False))
+        return np.setdiff1d(pool, held), held
+
+    anchors, held_label = hold_out(anchors)
+    others, held_others = hold_out(others)
+    before, best = None, None
     for epoch in range(cfg.max_epochs + 1):
         fit_now = accuracy_and_loss(model, *subset(x, y, forget), rt) if len(forget) else {"acc": 0.0, "loss": 0.0}
+        held_now = [accuracy_and_loss(model, *subset(x, y, part), rt)["acc"] if len(part) else 1.0
+                    for part in (held_label, held_others)]
+        before = before or held_now
+        cost = max(b - h for b, h in zip(before, held_now))
         log(model, {"lr": cfg.lr if epoch else 0.0, "unlearned": len(forget), "unlearned_acc": fit_now["acc"],
-                    "unlearned_loss": fit_now["loss"]})
-        summary.update(epochs=epoch, final_unlearned_acc=fit_now["acc"])
+                    "unlearned_loss": fit_now["loss"], "heldout_label_acc": held_now[0],
+                    "heldout_others_acc": held_now[1]})
+        summary.update(epochs=epoch, final_unlearned_acc=fit_now["acc"], heldout_cost=cost)
         if not len(isolated):
             summary["stopped_by"] = "nothing isolated"
             break
-        if cfg.stop == "isolated_acc" and fit_now["acc"] <= cfg.stop_isolated_acc:
+        forgotten = cfg.stop == "isolated_acc" and fit_now["acc"] <= cfg.stop_isolated_acc
+        if forgotten and cost <= cfg.max_clean_drop:
             summary["stopped_by"] = "isolated_acc"
             break
+        if forgotten and (best is None or cost < best["heldout_cost"]):
+            best = {"epochs": epoch, "heldout_cost": cost, "final_unlearned_acc": fit_now["acc"],
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if epoch == cfg.max_epochs:
+            if best is not None:
+                model.load_state_dict(best.pop("state"))
+                summary.update(best, stopped_by="least costly forgotten epoch")
             break
         same = rng.choice(anchors, size=round(cfg.same_label_ratio * len(forget))) if len(anchors) else anchors
         pool = others if len(others) else np.setdiff1d(np.arange(len(labels)), forget)
@@ -340,7 +238,8 @@ class ABL(Defense):
     knobs = {"expand": choice("features", "none"), "objective": choice("forget", "ascent"),
              "loss_cap": number(0.0), "lr": number(0.0, lo_open=True), "batch_size": integer(1),
              "max_epochs": integer(0), "clean_ratio": number(0.0), "same_label_ratio": number(0.0),
-             "stop": choice("isolated_acc", "none"), "stop_isolated_acc": rate()}
+             "stop": choice("isolated_acc", "none"), "stop_isolated_acc": rate(), "holdout": rate(),
+             "max_clean_drop": rate()}
 
     def inputs(self, attack: str, seed: int) -> list[Path]:
         return [model_file(attack, seed, FINETUNED), isolated_file(attack, seed)]
@@ -348,9 +247,5 @@ class ABL(Defense):
     def defend(self, job: DefenseJob) -> tuple[nn.Module, dict]:
         model = job.rt.prepare(load_model(model_file(job.attack, job.seed, FINETUNED)))
         isolation = load_arrays(isolated_file(job.attack, job.seed))
-        labels = job.y.cpu().numpy()
-        isolated = isolation["indices"]
-        fast = dominated_prefix(isolation["speed"], labels, int(np.bincount(labels[isolated]).argmax()),
-                                0.9) if len(isolated) else None
-        return model, unlearn(model, job.x, job.y, isolated, job.rt, job.train, UnlearningConfig(**self.knobs),
-                              job.log, fast)
+        return model, unlearn(model, job.x, job.y, isolation["indices"], job.rt, job.train,
+                              UnlearningConfig(**self.knobs), job.log)

@@ -1,0 +1,112 @@
+"""ABL's unlearning (backdoorlab/defenses/abl.py): which examples it unlearns (the isolated ones and those
+sharing their representation), and when it stops (the unlearned examples forgotten, at a measured cost to
+held-out clean examples, never the test set)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from backdoorlab.defenses.abl import UnlearningConfig, expand_in_features, otsu_split, unlearn
+from backdoorlab.models import new_model
+from backdoorlab.training import TrainOptions, accuracy_and_loss, fit, subset
+from test_isolation import CPU, images  # the same synthetic task with a planted backdoor
+
+
+def test_otsu_splits_two_far_groups_cleanly_and_one_mode_weakly():
+    rng = np.random.default_rng(0)
+    two = np.concatenate([rng.normal(0.0, 0.1, 300), rng.normal(5.0, 0.1, 30)])
+    effectiveness, threshold = otsu_split(two)
+    assert effectiveness > 0.95 and two[:300].max() <= threshold < two[300:].min()  # the high group is > it
+    one, _ = otsu_split(rng.normal(0.0, 1.0, 5000))
+    assert 0.55 < one < 0.72  # 2/pi ~ 0.64 for a normal mode: no real split
+
+
+# ------------------------------------------------------------------ expansion in feature space
+
+class PatchFeatures(torch.nn.Module):
+    """A stand-in for a model that has learned the backdoor: one feature responds to the bright corner
+    patch, the other to the image's overall brightness."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0, -2:, -2:].mean((1, 2)) ** 4, x[:, 0].mean((1, 2))], 1)
+
+
+def test_expansion_brings_in_the_poison_isolation_left_behind_and_anchors_on_clean_examples():
+    x, y, poisoned = images(2000, seed=0, poison_rate=0.05)
+    isolated = np.sort(poisoned[:20])  # a 20% sample of the poison, as isolation gives
+    split = expand_in_features(PatchFeatures(), x, y.numpy(), isolated, CPU)
+    assert set(isolated) <= set(split.forget)
+    assert np.isin(poisoned, split.forget).mean() >= 0.95  # the other 80% found
+    assert np.isin(split.forget, poisoned).mean() >= 0.95  # and few clean zeros with them
+    assert not np.isin(split.anchors, poisoned).any() and (y.numpy()[split.anchors] == 0).all()
+    assert split.separation > 0.9
+
+
+# ------------------------------------------------------------------ unlearning and its stop rule
+
+CONFIG = UnlearningConfig(expand="features", objective="forget", loss_cap=0.0, lr=0.005, batch_size=64, max_epochs=6,
+                          clean_ratio=2.0, same_label_ratio=2.0, stop="isolated_acc", stop_isolated_acc=0.05,
+                          holdout=0.2, max_clean_drop=0.05)
+
+
+def backdoored_model(x, y):
+    model = new_model("convnet", x.numpy(), 8, seed=0)
+    fit(model, x, y, CPU, TrainOptions(epochs=15, lr=0.05, batch_size=64, augment="none"))
+    return model
+
+
+def run_unlearning(cfg: UnlearningConfig):
+    x, y, poisoned = images(2000, seed=0, poison_rate=0.1)
+    model = backdoored_model(x, y)
+    logged = []
+    summary = unlearn(model, x, y, np.sort(poisoned[:20]), CPU, TrainOptions(epochs=1, lr=0.01, seed=0), cfg,
+                      lambda m, stats: logged.append(stats))
+    return model, summary, logged, (x, y, poisoned)
+
+
+def chosen_epoch(logged: list[dict], cfg: UnlearningConfig) -> int:
+    """The rule, read off the per-epoch log: the first epoch with the unlearned examples forgotten and the
+    held-out examples within max_clean_drop of epoch 0; else the forgotten epoch that cost least; else the last."""
+    first = logged[0]
+    cost = [max(first["heldout_label_acc"] - s["heldout_label_acc"], first["heldout_others_acc"] - s["heldout_others_acc"])
+            for s in logged]
+    forgotten = [e for e, s in enumerate(logged) if s["unlearned_acc"] <= cfg.stop_isolated_acc]
+    within = [e for e in forgotten if cost[e] <= cfg.max_clean_drop]
+    if within:
+        return within[0]
+    return min(forgotten, key=lambda e: (cost[e], e)) if forgotten else len(logged) - 1
+
+
+def test_unlearning_removes_the_backdoor_and_keeps_the_clean_task():
+    model, summary, logged, (x, y, poisoned) = run_unlearning(CONFIG)
+    assert logged[0]["unlearned_acc"] > 0.9  # the backdoor was there
+    assert summary["unlearned"] >= 0.9 * len(poisoned)  # 20 isolated, the rest found by the expansion
+    triggered = accuracy_and_loss(model, *subset(x, y, poisoned), CPU)["acc"]
+    clean = np.setdiff1d(np.arange(len(y)), poisoned)
+    assert triggered <= 0.1  # poisoned examples no longer get the target label
+    assert accuracy_and_loss(model, *subset(x, y, clean), CPU)["acc"] >= 0.9 * logged[0]["heldout_others_acc"]
+
+
+def test_unlearning_stops_once_forgotten_within_the_clean_cost_and_not_at_the_first_forgotten_epoch():
+    _, summary, logged, _ = run_unlearning(CONFIG)
+    assert logged[1]["unlearned_acc"] <= CONFIG.stop_isolated_acc  # forgotten after one epoch ...
+    assert summary["epochs"] == chosen_epoch(logged, CONFIG) > 1  # ... at a cost the rule does not accept
+    assert summary["stopped_by"] == "isolated_acc" and summary["heldout_cost"] <= CONFIG.max_clean_drop
+
+
+def test_when_no_epoch_is_within_the_cost_the_least_costly_forgotten_epochs_model_is_returned():
+    cfg = dataclasses.replace(CONFIG, max_clean_drop=0.0)
+    model, summary, logged, (x, y, poisoned) = run_unlearning(cfg)
+    epoch = chosen_epoch(logged, cfg)
+    assert summary["stopped_by"] == "least costly forgotten epoch" and summary["epochs"] == epoch
+    assert summary["final_unlearned_acc"] == logged[epoch]["unlearned_acc"]
+    assert accuracy_and_loss(model, *subset(x, y, poisoned), CPU)["acc"] <= cfg.stop_isolated_acc
+
+
+def test_the_papers_unlearning_runs_its_fixed_epochs_and_holds_nothing_out():
+    cfg = dataclasses.replace(CONFIG, expand="none", objective="ascent", stop="none", holdout=0.0, max_epochs=2)
+    _, summary, logged, _ = run_unlearning(cfg)
+    assert summary["epochs"] == 2 and summary["stopped_by"] == "max_epochs" and len(logged) == 3
+    assert all(s["heldout_label_acc"] == 1.0 and s["heldout_others_acc"] == 1.0 for s in logged)  # empty: nothing held
