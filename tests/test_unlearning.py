@@ -44,6 +44,18 @@ def test_expansion_brings_in_the_poison_isolation_left_behind_and_anchors_on_cle
     assert split.separation > 0.9
 
 
+
+def test_with_learning_speeds_only_examples_with_both_signals_are_unlearned():
+    x, y, poisoned = images(2000, seed=0, poison_rate=0.05)
+    isolated = np.sort(poisoned[:20])
+    speed = np.zeros(len(y))
+    speed[poisoned] = -3.0  # the isolation learned the poison fast ...
+    slow_poison = poisoned[-10:]
+    speed[slow_poison] = 0.0  # ... except these, which look like poison to the model but were learned slowly
+    split = expand_in_features(PatchFeatures(), x, y.numpy(), isolated, CPU, speed)
+    assert set(np.setdiff1d(poisoned, slow_poison)) <= set(split.forget)
+    assert not np.isin(slow_poison, split.forget).any() and not np.isin(slow_poison, split.anchors).any()
+
 # ------------------------------------------------------------------ unlearning and its stop rule
 
 CONFIG = UnlearningConfig(expand="features", objective="forget", loss_cap=0.0, lr=0.005, batch_size=64, max_epochs=6,
