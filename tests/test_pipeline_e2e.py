@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -201,3 +202,29 @@ def test_adding_a_seed_runs_only_that_seeds_stages(repo, first_run):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = dvc(repo, "repro", "defend_abl@badnets-0", "defend_abl@badnets-1")
     assert stages_run(output) == {"isolate@badnets-1", "defend_abl@badnets-1"}
+
+
+def test_a_sweep_runs_one_experiment_per_setting_with_only_the_attacks_stages_then_restores_the_workspace(
+        repo, first_run):
+    shell(repo, "git", "checkout", "HEAD", "--", ".")  # whatever the tests above left in the workspace
+    shell(repo, "git", "clean", "-fdq", "--", ".")
+    shell(repo, sys.executable, "-m", "dvc", "checkout", "--force", "--quiet")
+    sweep = [sys.executable, "-m", "backdoorlab.sweep", "badnets", "--set", "attack.badnets_rate=0.05,0.2"]
+    with (repo / "params.yaml").open("a") as params:
+        params.write("# an uncommitted edit\n")
+    refused = subprocess.run(sweep, cwd=repo, capture_output=True, text=True)
+    assert refused.returncode == 2 and "uncommitted" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    shell(repo, "git", "checkout", "HEAD", "--", "params.yaml")
+
+    output = shell(repo, sys.executable, "-m", "backdoorlab.worker", *sweep)
+    assert stages_run(output) == attack_stages("badnets") - {"report"}  # no clean model, no other attack
+    assert output.count("Running stage 'poison_badnets'") == 2  # one experiment per setting
+    experiments = shell(repo, sys.executable, "-m", "dvc", "exp", "list", "--name-only")
+    assert {"badnets-badnetsrate0.05", "badnets-badnetsrate0.2"} <= set(experiments.split())
+    rows = pd.read_csv(repo / "sweeps" / "badnets.csv")
+    models = ["clean data (reference)", "badnets, no defense"] + [f"badnets + {d}" for d in DEFENSES]
+    for rate in (0.05, 0.2):
+        assert sorted(rows.loc[rows["attack.badnets_rate"] == rate, "model"]) == sorted(models)
+    assert rows["asr"].notna().any() and "target_class_acc" in rows
+    assert "| attack.badnets_rate" in (repo / "sweeps" / "badnets.md").read_text()
+    assert shell(repo, "git", "status", "--porcelain", "--", ".", ":!sweeps").strip() == ""  # as it was

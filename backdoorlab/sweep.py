@@ -1,0 +1,145 @@
+"""Sweep one attack over a grid of params with `dvc exp run`, and tabulate how every defense held up.
+
+    cd demo && python -m backdoorlab.worker python -m backdoorlab.sweep badnets \\
+        --set attack.target=0,3,7 --set attack.badnets_rate=0.01,0.05,0.1
+
+Each point of the grid is one DVC experiment (`dvc exp run -n <name> -S key=value ...`)
+that runs only the attack's stages for every seed in params.yaml (its poison, the
+no-defense model, the isolation and every defense), so the clean model and the other
+attacks are not retrained; `dvc exp show` lists them afterwards. The same params serve
+every point: nothing is retuned per setting. After each experiment its scores are read
+from the workspace; at the end the workspace is put back as it was (the sweep refuses
+to start unless the folder is committed) and the table is written to
+sweeps/<attack>.csv (one row per setting, model and seed) and sweeps/<attack>.md
+(mean +- std over seeds, the worst seed's ASR; the clean model's accuracy on that
+target class, from its per-class accuracy, as the yardstick).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .attacks import ATTACKS
+from .defenses import DEFENSES
+from .layout import CLEAN, ISOLATION, SCORES
+from .params import ParamError
+from .report import per_seed_rows
+from .storage import atomic_path, save_text
+
+OUT = Path("sweeps")
+
+
+def grid(settings: list[str], params: dict) -> list[dict[str, str]]:
+    """'key=v1,v2' strings -> every combination as {key: value}; exits 2 on a key params.yaml lacks."""
+    axes = {}
+    for item in settings:
+        key, _, values = item.partition("=")
+        node = params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ParamError(f"--set {key}: no such param in params.yaml (e.g. attack.badnets_rate)")
+            node = node[part]
+        if not values or isinstance(node, (dict, list)):
+            raise ParamError(f"--set {key}: give one or more comma-separated values for a scalar param")
+        axes[key] = values.split(",")
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def stages(attack: str, seeds: list[int]) -> list[str]:
+    """The attack's no-defense and defense stages per seed: DVC runs their poison and isolation with them."""
+    return [f"{stage}@{attack}-{seed}" for seed in seeds
+            for stage in ["train", *(f"defend_{d}" for d in DEFENSES)]]
+
+
+def name_of(attack: str, setting: dict[str, str]) -> str:
+    return "-".join([attack, *(f"{k.split('.')[-1]}{v}" for k, v in setting.items())]).replace("_", "")
+
+
+def rows_of(attack: str, setting: dict[str, str]) -> list[dict]:
+    """This experiment's per-seed scores of the attack's models, and the clean model on the target class."""
+    rows = [r for r in per_seed_rows(SCORES, ISOLATION) if r.get("attack", CLEAN) in (attack, CLEAN)]
+    target = next(r["target"] for r in rows if r.get("attack") == attack)
+    for r in rows:
+        if "attack" not in r:  # the clean model: its accuracy on this target class
+            r["target_class_acc"] = r["class_acc"][target]
+        r.pop("class_acc", None)
+        r.update(setting)
+    return rows
+
+
+def summary(frame: pd.DataFrame, keys: list[str]) -> str:
+    """Markdown: per setting and model, mean +- std over seeds (percent), the worst seed's ASR."""
+    cells = []
+    for key, group in frame.groupby([*keys, "model"], sort=False):
+        def pct(col: str) -> str:
+            values = pd.to_numeric(group[col], errors="coerce") * 100 if col in group else pd.Series(dtype=float)
+            if values.isna().all():
+                return "-"
+            return f"{values.mean():.1f}" + (f" ± {values.std(ddof=1):.1f}" if values.count() > 1 else "")
+        asr = pd.to_numeric(group.get("asr"), errors="coerce") * 100
+        cells.append({**dict(zip(keys, key[:-1])), "model": key[-1],
+                      "CA %": pct("test_acc"), "target-class acc %": pct("target_class_acc"), "ASR %": pct("asr"),
+                      "worst-seed ASR %": "-" if asr.isna().all() else f"{asr.max():.1f}",
+                      "isolation precision %": pct("isolation_precision"), "seeds": str(len(group))})
+    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m backdoorlab.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("attack", help=f"one of {', '.join(ATTACKS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a param and its values; repeat for a grid")
+    parser.add_argument("--dry-run", action="store_true", help="print the experiments, run nothing")
+    args = parser.parse_args(argv)
+    if args.attack not in ATTACKS:
+        raise ParamError(f"attack {args.attack!r}: choose one of {', '.join(ATTACKS)}")
+    if not Path("params.yaml").exists() or not Path("dvc.yaml").exists():
+        raise ParamError("run it in a configuration folder (one holding dvc.yaml and params.yaml)")
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    points = grid(args.set, params)
+    if not args.set:
+        raise ParamError("--set: give at least one param to sweep, e.g. --set attack.badnets_rate=0.01,0.05")
+    targets = stages(args.attack, list(params["seeds"]))
+    if args.dry_run:
+        for setting in points:
+            print(name_of(args.attack, setting), setting)
+        return
+    if subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True).stdout.strip():
+        raise ParamError("this folder has uncommitted changes: commit them first (the sweep's "
+                         "experiments change the workspace, and it is restored to the last commit at the end)")
+    rows = []
+    try:
+        for setting in points:
+            sets = [arg for k, v in setting.items() for arg in ("-S", f"{k}={v}")]
+            run([sys.executable, "-m", "dvc", "exp", "run", "-n", name_of(args.attack, setting), *sets, *targets])
+            rows += rows_of(args.attack, setting)
+    finally:
+        run(["git", "checkout", "HEAD", "--", "."])
+        run([sys.executable, "-m", "dvc", "checkout", "--force", "--quiet"])
+    frame = pd.DataFrame(rows)
+    OUT.mkdir(exist_ok=True)
+    with atomic_path(OUT / f"{args.attack}.csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.4f")
+    table = summary(frame, list(points[0]))
+    save_text(OUT / f"{args.attack}.md", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ParamError as exc:  # one line, exit 2, before anything ran
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
