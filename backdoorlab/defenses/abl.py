@@ -38,10 +38,6 @@ This project's ABL (entry `abl`, the default), every choice made on training dat
   `max_clean_drop` of their accuracy; unlearning is at its most disruptive in its first
   epoch, so stopping on the first condition alone can keep a model that has lost half
   its accuracy. If no epoch meets both, the forgotten epoch that cost least is kept.
-- When the unlearned examples are never forgotten while the label's anchors are
-  learned, the model cannot tell them apart: the anchors carry the trigger too (a
-  clean-label attack may poison its whole class). Unlearning then starts again from
-  the fine-tuned model without the label's anchors.
 """
 from __future__ import annotations
 
@@ -66,6 +62,7 @@ from .isolation import FINETUNED, Log
 # ----------------------------------------------------------------------------- phase 2: unlearning
 
 COST_TOLERANCE = 1e-6  # accuracies are float32 ratios: 36/1800 lost reads 0.02000004
+
 
 def forget_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """-log(1 - p(y)) per example, computed stably: log(1 - p_y) = logsumexp(z without y) - logsumexp(z)."""
@@ -185,8 +182,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
     cfg.stop_isolated_acc and the held-out clean examples (a cfg.holdout share of the label's and of the
     other labels', never trained on here) have lost at most cfg.max_clean_drop of their accuracy; if no
     epoch meets both, it returns the model of the epoch that met the first at the lowest cost (the larger
-    of the two drops, then the other), else the last. If no epoch met the first with the label's anchors
-    learned, it starts again from the initial model without them (summary["same_label_anchors"]).
+    of the two drops, then the other), else the last.
     """
     opts = opts.replace(lr=cfg.lr, batch_size=cfg.batch_size, augment="none", epochs=cfg.max_epochs)
     rng = np.random.default_rng(opts.seed)
@@ -211,9 +207,8 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
 
     anchors, held_label = hold_out(anchors)
     others, held_others = hold_out(others)
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    before, best, epoch = None, None, 0
-    while True:
+    before, best = None, None
+    for epoch in range(cfg.max_epochs + 1):
         fit_now = accuracy_and_loss(model, *subset(x, y, forget), rt) if len(forget) else {"acc": 0.0, "loss": 0.0}
         held_now = [accuracy_and_loss(model, *subset(x, y, part), rt)["acc"] if len(part) else 1.0
                     for part in (held_label, held_others)]
@@ -235,15 +230,6 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
             best = {"epochs": epoch, "heldout_cost": cost, "final_unlearned_acc": fit_now["acc"], "drops": drops,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if epoch == cfg.max_epochs:
-            if best is None and cfg.stop == "isolated_acc" and len(anchors):
-                # Never forgotten while the label's anchors were learned: to the model they are the
-                # unlearned examples (a clean-label attack can poison a whole class). Start again without them.
-                model.load_state_dict(start)
-                optimizer = sgd(model, opts)
-                anchors = anchors[:0]
-                summary["same_label_anchors"] = "dropped: the unlearned examples were not forgotten with them"
-                epoch = 0
-                continue
             if best is not None:
                 model.load_state_dict(best.pop("state"))
                 best.pop("drops")
@@ -258,7 +244,6 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
         xs, ys = subset(x, y, chosen)
         train_epoch(model, xs, ys, optimizer, rt, opts, gen, loss_fn, weight,
                     desc=f"unlearn {epoch + 1}/{cfg.max_epochs}")
-        epoch += 1
     return summary
 
 
