@@ -80,15 +80,16 @@ def run_unlearning(cfg: UnlearningConfig):
 
 def chosen_epoch(logged: list[dict], cfg: UnlearningConfig) -> int:
     """The rule, read off the per-epoch log: the first epoch with the unlearned examples forgotten and the
-    held-out examples within max_clean_drop of epoch 0; else the forgotten epoch that cost least; else the last."""
+    held-out examples within max_clean_drop of epoch 0 (up to float32 rounding); else the forgotten epoch
+    that cost least (the worse of the two drops, then the other, then the earliest); else the last."""
     first = logged[0]
-    cost = [max(first["heldout_label_acc"] - s["heldout_label_acc"], first["heldout_others_acc"] - s["heldout_others_acc"])
-            for s in logged]
+    drops = [sorted([first["heldout_label_acc"] - s["heldout_label_acc"],
+                     first["heldout_others_acc"] - s["heldout_others_acc"]], reverse=True) for s in logged]
     forgotten = [e for e, s in enumerate(logged) if s["unlearned_acc"] <= cfg.stop_isolated_acc]
-    within = [e for e in forgotten if cost[e] <= cfg.max_clean_drop]
+    within = [e for e in forgotten if drops[e][0] <= cfg.max_clean_drop + 1e-6]
     if within:
         return within[0]
-    return min(forgotten, key=lambda e: (cost[e], e)) if forgotten else len(logged) - 1
+    return min(forgotten, key=lambda e: (drops[e], e)) if forgotten else len(logged) - 1
 
 
 def test_unlearning_removes_the_backdoor_and_keeps_the_clean_task():
