@@ -71,7 +71,11 @@ def per_seed_rows(scores_dir: Path, isolation_dir: Path) -> list[dict]:
 
 def results_table(scores_dir: Path, isolation_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(mean, std) tables over seeds, rows in table order, columns COLUMNS (accuracies in percent)."""
-    rows = per_seed_rows(scores_dir, isolation_dir)
+    return summarize(per_seed_rows(scores_dir, isolation_dir))
+
+
+def summarize(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """results_table for rows as per_seed_rows gives them."""
     targets = {r["target"] for r in rows if r.get("target") is not None} if rows else set()
     frame = pd.DataFrame(rows)
     if frame.empty:

@@ -11,8 +11,9 @@ every point: nothing is retuned per setting. After each experiment its scores ar
 from the workspace; at the end the workspace is put back as it was (the sweep refuses
 to start unless the folder is committed) and the table is written to
 sweeps/<attack>.csv (one row per setting, model and seed) and sweeps/<attack>.md
-(mean +- std over seeds, the worst seed's ASR; the clean model's accuracy on that
-target class, from its per-class accuracy, as the yardstick).
+(per setting, the report's table: mean +- std over seeds, the worst seed's ASR,
+isolation precision and recall; the clean model's accuracy on that target class,
+from its per-class accuracy, as the yardstick).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from .attacks import ATTACKS
 from .defenses import DEFENSES
 from .layout import CLEAN, ISOLATION, SCORES
 from .params import ParamError
-from .report import per_seed_rows
+from .report import per_seed_rows, summarize, to_markdown
 from .storage import atomic_path, save_text
 
 OUT = Path("sweeps")
@@ -73,21 +74,15 @@ def rows_of(attack: str, setting: dict[str, str]) -> list[dict]:
     return rows
 
 
-def summary(frame: pd.DataFrame, keys: list[str]) -> str:
-    """Markdown: per setting and model, mean +- std over seeds (percent), the worst seed's ASR."""
-    cells = []
-    for key, group in frame.groupby([*keys, "model"], sort=False):
-        def pct(col: str) -> str:
-            values = pd.to_numeric(group[col], errors="coerce") * 100 if col in group else pd.Series(dtype=float)
-            if values.isna().all():
-                return "-"
-            return f"{values.mean():.1f}" + (f" ± {values.std(ddof=1):.1f}" if values.count() > 1 else "")
-        asr = pd.to_numeric(group.get("asr"), errors="coerce") * 100
-        cells.append({**dict(zip(keys, key[:-1])), "model": key[-1],
-                      "CA %": pct("test_acc"), "target-class acc %": pct("target_class_acc"), "ASR %": pct("asr"),
-                      "worst-seed ASR %": "-" if asr.isna().all() else f"{asr.max():.1f}",
-                      "isolation precision %": pct("isolation_precision"), "seeds": str(len(group))})
-    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True) + "\n"
+def tables(rows: list[dict], keys: list[str]) -> str:
+    """Markdown: one results table (the report's columns, mean +- std over seeds) per setting."""
+    frame = pd.DataFrame(rows)
+    out = []
+    for setting, group in frame.groupby(keys, sort=False):
+        title = ", ".join(f"{k}={v}" for k, v in zip(keys, setting if isinstance(setting, tuple) else (setting,)))
+        records = [{k: v for k, v in r.items() if not pd.isna(v)} for r in group.to_dict("records")]
+        out.append(f"### {title}\n\n" + to_markdown(*summarize(records)))
+    return "\n".join(out)
 
 
 def run(cmd: list[str]) -> None:
@@ -108,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     if not Path("params.yaml").exists() or not Path("dvc.yaml").exists():
         raise ParamError("run it in a configuration folder (one holding dvc.yaml and params.yaml)")
     params = yaml.safe_load(Path("params.yaml").read_text())
-    points = grid(args.set, params)
     if not args.set:
         raise ParamError("--set: give at least one param to sweep, e.g. --set attack.badnets_rate=0.01,0.05")
+    points = grid(args.set, params)
     targets = stages(args.attack, list(params["seeds"]))
     if args.dry_run:
         for setting in points:
@@ -132,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     OUT.mkdir(exist_ok=True)
     with atomic_path(OUT / f"{args.attack}.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.4f")
-    table = summary(frame, list(points[0]))
+    table = tables(rows, list(points[0]))
     save_text(OUT / f"{args.attack}.md", table)
     print(table)
 
