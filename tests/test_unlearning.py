@@ -4,9 +4,11 @@ held-out clean examples, never the test set)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from backdoorlab.defenses.abl import UnlearningConfig, expand_in_features, otsu_split, unlearn
 from backdoorlab.models import new_model
@@ -123,3 +125,32 @@ def test_the_papers_unlearning_runs_its_fixed_epochs_and_holds_nothing_out():
     _, summary, logged, _ = run_unlearning(cfg)
     assert summary["epochs"] == 2 and summary["stopped_by"] == "max_epochs" and len(logged) == 3
     assert all(s["heldout_label_acc"] == 1.0 and s["heldout_others_acc"] == 1.0 for s in logged)  # empty: nothing held
+
+
+# ------------------------------------------------------------------ when the isolation found nothing
+
+def test_when_nothing_was_isolated_both_abl_defenses_return_the_no_defense_model_unchanged(tmp_path, monkeypatch):
+    from backdoorlab.defenses import defense_class
+    from backdoorlab.defenses.base import DefenseJob
+    from backdoorlab.defenses.isolation import FINETUNED
+    from backdoorlab.layout import isolated_file, model_file
+    from backdoorlab.storage import save_arrays, save_checkpoint
+
+    ROOT = Path(__file__).resolve().parent.parent
+
+    monkeypatch.chdir(tmp_path)
+    x, y, _ = images(200, seed=0)
+    no_defense, finetuned = (new_model("convnet", x.numpy(), 8, seed) for seed in (1, 2))
+    save_checkpoint(model_file("badnets", 0), no_defense.checkpoint())
+    save_checkpoint(model_file("badnets", 0, FINETUNED), finetuned.checkpoint())
+    save_arrays(isolated_file("badnets", 0), indices=np.zeros(0, dtype=np.int64), speed=np.zeros(len(y)))
+    logged = []
+    job = DefenseJob("badnets", 0, x, y, 8, CPU, TrainOptions(epochs=1, lr=0.1), "convnet",
+                     lambda model, stats: logged.append(stats))
+    for name in ("abl", "abl_paper"):
+        knobs = yaml.safe_load((ROOT / "params.yaml").read_text())[name]  # the paper-scale settings
+        defense = defense_class(name)(name, knobs)
+        model, summary = defense.defend(job)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), no_defense.state_dict().values()))
+        assert summary["isolated"] == 0 and summary["stopped_by"].startswith("nothing isolated")
+    assert len(logged) == 2  # one point on each defense's curves: the model it returns
