@@ -1,0 +1,62 @@
+"""`python -m backdoorlab.parallel`: the stages dvc.yaml defines, run side by side in an order DVC accepts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from backdoorlab.parallel import main, stages
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_expanded_stages_are_those_dvc_ran_for_the_demo_with_the_same_commands():
+    lock = yaml.safe_load((ROOT / "demo" / "dvc.lock").read_text())["stages"]
+    graph = stages(ROOT / "demo")
+    assert {name: stage.cmd for name, stage in graph.items()} == {name: s["cmd"] for name, s in lock.items()}
+
+
+def test_a_stage_waits_for_every_stage_writing_what_it_reads_and_nothing_else():
+    graph = stages(ROOT / "demo")
+    assert graph["defend_abl@badnets-1"].after == {"data", "poison_badnets", "isolate@badnets-1", "train@badnets-1"}
+    assert graph["poison_clean_label"].after == {"data", "surrogate"}
+    assert graph["report"].after == {n for n in graph if n.split("@")[0] in (  # the stages writing metrics and logs
+        "train_clean", "train", "isolate", "defend_abl", "defend_abl_paper", "surrogate", "attacker")}
+    assert graph["data"].after == set()
+
+
+def test_seed_zero_and_the_longest_chains_are_first_in_line():
+    graph = stages(ROOT / "demo")
+    assert graph["surrogate"].chain > graph["poison_clean_label"].chain > graph["train@clean_label-0"].chain
+    assert graph["train@badnets-2"].seed == 2 and graph["data"].seed == -1
+
+
+def write(folder: Path, fail: bool = False) -> None:
+    folder.mkdir()
+    (folder / "params.yaml").write_text("seeds: [0, 1]\n")
+    step = "raise SystemExit(3)" if fail else "import sys; open(sys.argv[1] + '.txt', 'w').write('x')"
+    (folder / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "first": {"cmd": "python -c \"open('first.txt', 'w').write('x')\"", "outs": ["first.txt"]},
+        "second": {"matrix": {"seed": "${seeds}"}, "cmd": f"python -c \"{step}\" second${{item.seed}}",
+                   "deps": ["first.txt"], "outs": ["second${item.seed}.txt"]},
+        "last": {"cmd": "python -c \"open('last.txt', 'w').write('x')\"",
+                 "deps": ["second0.txt", "second1.txt"], "outs": ["last.txt"]}}}))
+
+
+def test_it_runs_every_stage_after_those_it_waits_for(tmp_path):
+    write(tmp_path / "cfg")
+    assert main([str(tmp_path / "cfg"), "--jobs", "2"]) == 0
+    assert all((tmp_path / "cfg" / f"{n}.txt").exists() for n in ("first", "second0", "second1", "last"))
+    timeline = {s["stage"]: s for s in json.loads((tmp_path / "cfg" / "run-logs" / "timeline.json").read_text())["stages"]}
+    assert timeline["second@0"]["start_s"] >= timeline["first"]["end_s"]
+    assert timeline["last"]["start_s"] >= max(timeline["second@0"]["end_s"], timeline["second@1"]["end_s"])
+
+
+def test_a_failed_stage_stops_what_waits_on_it_and_the_exit_code_says_so(tmp_path):
+    write(tmp_path / "cfg", fail=True)
+    assert main([str(tmp_path / "cfg")]) == 1
+    assert (tmp_path / "cfg" / "first.txt").exists() and not (tmp_path / "cfg" / "last.txt").exists()
+    timeline = json.loads((tmp_path / "cfg" / "run-logs" / "timeline.json").read_text())
+    assert [s["status"] for s in timeline["stages"]] == ["ok", "failed", "failed"]
+    assert sorted(timeline["not_run"]) == ["last", "second@0", "second@1"]
