@@ -49,6 +49,10 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # torch read the server's at import: honour the caller's
+            import torch
+
+            torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
         sys.argv = [request["module"], *request["args"]]
         sys.path.insert(0, request["cwd"])
         for name in [m for m in sys.modules if m.split(".")[0] in ("backdoorlab", "stages")]:
