@@ -1,7 +1,7 @@
 """Run a configuration's stages several at a time, on one GPU: what `dvc repro` does, side by side.
 
     python -m backdoorlab.parallel cifar10-cpu --jobs 10            # every stage, then the report
-    python -m backdoorlab.parallel cifar10-cpu --jobs 10 'train*@badnets-*' 'defend_*@badnets-*'
+    python -m backdoorlab.parallel cifar10-cpu --jobs 10 --stages 'train*@badnets-*' 'defend_*@badnets-*'
     python -m backdoorlab.parallel sweep-a sweep-b --jobs 12 --stop-launching 400 --kill 480
 
 DVC runs one stage at a time. On a GPU one WRN-16-1 at batch 128 leaves most of the card
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import itertools
-import json
 import os
 import re
 import shlex
@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from .storage import save_json
 
 
 @dataclass
@@ -81,27 +83,15 @@ def stages(folder: str | Path) -> dict[str, Stage]:
     for stage in out.values():
         stage.after = {other.name for other in out.values() if other is not stage
                        and any(_inside(d, o) or _inside(o, d) for d in stage.deps for o in other.outs)}
-    for stage in _topological(out):
-        stage.chain = 1 + max((s.chain for s in out.values() if stage.name in s.after), default=0)
+    waiting_on = {name: [s.name for s in out.values() if name in s.after] for name in out}
+
+    @functools.cache
+    def chain(name: str) -> int:
+        return 1 + max((chain(n) for n in waiting_on[name]), default=0)
+
+    for stage in out.values():
+        stage.chain = chain(stage.name)
     return out
-
-
-def _topological(graph: dict[str, Stage]) -> list[Stage]:
-    """Stages ordered so that each comes after everything waiting on it (for the chain lengths)."""
-    order, seen = [], set()
-
-    def visit(name: str) -> None:
-        if name in seen:
-            return
-        seen.add(name)
-        for other in graph.values():
-            if name in other.after:
-                visit(other.name)
-        order.append(graph[name])
-
-    for name in graph:
-        visit(name)
-    return order
 
 
 def select(graph: dict[str, Stage], patterns: list[str]) -> dict[str, Stage]:
@@ -156,19 +146,19 @@ def run(folders: list[Path], patterns: list[str], jobs: int, stop_launching: flo
         while waiting and now < stop_launching and len(running) < jobs:
             name = waiting.pop(0)
             folder = where[name][0]
-            log = open(folder / "run-logs" / f"{graph[name].name.replace('@', '_')}.log", "w")
             argv = shlex.split(graph[name].cmd)
             argv[0] = sys.executable if argv[0] == "python" else argv[0]  # the interpreter running this
-            running[name] = (subprocess.Popen(argv, cwd=folder, stdout=log,
-                                              stderr=subprocess.STDOUT, env=env), now)
+            with open(folder / "run-logs" / f"{graph[name].name.replace('@', '_')}.log", "w") as log:
+                running[name] = (subprocess.Popen(argv, cwd=folder, stdout=log,
+                                                  stderr=subprocess.STDOUT, env=env), now)
             state[name] = "running"
             print(f"{now:7.1f} s  start  {name}", flush=True)
         if not running and (not waiting or now >= stop_launching):
             break
         time.sleep(0.5)
     left = [n for n in graph if state.get(n) != "ok"]
-    (folders[0] / "run-logs" / "timeline.json").write_text(json.dumps(
-        {"wall_s": round(time.time() - t0, 1), "jobs": jobs, "stages": timeline, "not_run": left}, indent=1))
+    save_json(folders[0] / "run-logs" / "timeline.json",
+              {"wall_s": round(time.time() - t0, 1), "jobs": jobs, "stages": timeline, "not_run": left})
     print(f"stages: {len(graph) - len(left)} ok, {sum(state.get(n) == 'failed' for n in left)} failed, "
           f"{sum(state.get(n) != 'failed' for n in left)} not run; {time.time() - t0:.0f} s")
     return 1 if any(state.get(n) == "failed" for n in left) else 0
