@@ -11,7 +11,8 @@ only; the isolation itself never sees them.
 Reads   data/dataset.npz, data/poisoned/<attack>/ ; params train.{arch,batch_size,momentum,weight_decay,
         augment,precision}, isolate.*
 Writes  models/<attack>/seed<k>/finetuned.pt          the model the unlearning starts from
-        data/isolated/<attack>/seed<k>.npz           isolated indices, every example's loss and learning speed
+        data/isolated/<attack>/seed<k>.npz           isolated indices, every example's loss and learning speed,
+                                                     and its loss per isolation epoch (history)
         metrics/isolation/<attack>/seed<k>.json      found or not, when it stopped, the suspect label and its
                                                      share of the fastest examples, how many isolated,
                                                      precision, recall
@@ -37,7 +38,7 @@ from backdoorlab.training import TrainOptions, fit, subset
 
 PARAMS = params.MODEL_KEYS + ["isolate.max_epochs", "isolate.lr", "isolate.gamma", "isolate.lga",
                               "isolate.augment", "isolate.selection", "isolate.ratio", "isolate.min_concentration",
-                              "isolate.finetune_epochs", "isolate.finetune_lr"]
+                              "isolate.window", "isolate.finetune_epochs", "isolate.finetune_lr"]
 MONITOR_SIZE = 1000
 
 
@@ -79,7 +80,8 @@ def main(args) -> None:
                "mean_loss_clean": float(found.losses[~poisoned].mean())}
     save_checkpoint(model_file(attack, args.seed, FINETUNED),
                     model.checkpoint(trained_on=attack, seed=args.seed, isolated=int(len(found.indices))))
-    save_arrays(isolated_file(attack, args.seed), indices=found.indices, losses=found.losses, speed=found.speed)
+    save_arrays(isolated_file(attack, args.seed), indices=found.indices, losses=found.losses, speed=found.speed,
+                history=found.history)
     save_json(isolation_metrics(attack, args.seed), summary)
     with phase("pictures"):
         verdict = (f"isolated {len(found.indices)} labelled {cand.label} ({cand.concentration:.0%} of the fastest "

@@ -21,6 +21,14 @@ def test_learning_speed_is_the_mean_log_loss_leaving_out_the_first_epoch():
     np.testing.assert_allclose(learning_speed(history[:1]), [2.0, 0.0], atol=1e-6)  # one epoch: that epoch
 
 
+def test_a_window_keeps_only_the_latest_epochs_so_a_trigger_learned_late_is_not_diluted():
+    history = [np.array([100.0, 1.0]), np.array([10.0, 0.1]), np.array([10.0, 0.1]), np.array([1e-4, 0.1])]
+    np.testing.assert_allclose(learning_speed(history), [-2 / 3, -1.0], atol=1e-4)  # every epoch: still slower
+    np.testing.assert_allclose(learning_speed(history, window=1), [-4.0, -1.0], atol=1e-4)
+    np.testing.assert_allclose(learning_speed(history, window=2), [-1.5, -1.0], atol=1e-4)
+    np.testing.assert_allclose(learning_speed(history[:2], window=2), [1.0, -1.0], atol=1e-4)  # never the first
+
+
 def test_one_label_learned_fast_dominates_the_fastest_examples():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, 2000)
@@ -57,7 +65,7 @@ def images(n: int, seed: int, poison_rate: float = 0.0, target: int = 0):
 
 
 CONFIG = IsolationConfig(max_epochs=6, lr=0.05, gamma=0.5, per_example=False, augment="none",
-                         selection="adaptive", ratio=0.02, min_concentration=0.9)
+                         selection="adaptive", ratio=0.02, min_concentration=0.9, window=3)
 
 
 def run_isolation(x, y, cfg=CONFIG):
