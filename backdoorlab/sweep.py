@@ -10,7 +10,8 @@ attacks are not retrained; `dvc exp show` lists them afterwards. The same params
 every point: nothing is retuned per setting. After each experiment its scores are read
 from the workspace; at the end the workspace is put back as it was (the sweep refuses
 to start unless the folder is committed) and the table is written to
-sweeps/<attack>.csv (one row per setting, model and seed) and sweeps/<attack>.md
+sweeps/<name>.csv (one row per setting, model and seed) and sweeps/<name>.md (`--name`,
+by default the attack)
 (per setting, the report's table: mean +- std over seeds, the worst seed's ASR,
 isolation precision and recall; the clean model's accuracy on that target class,
 from its per-class accuracy, as the yardstick).
@@ -96,10 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("attack", help=f"one of {', '.join(ATTACKS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
                         help="a param and its values; repeat for a grid")
+    parser.add_argument("--name", help="the tables' file name under sweeps/ (default: the attack)")
     parser.add_argument("--dry-run", action="store_true", help="print the experiments, run nothing")
     args = parser.parse_args(argv)
     if args.attack not in ATTACKS:
         raise ParamError(f"attack {args.attack!r}: choose one of {', '.join(ATTACKS)}")
+    name = args.name or args.attack
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ParamError(f"--name {name!r}: letters, digits, '-' and '_' only")
     if not Path("params.yaml").exists() or not Path("dvc.yaml").exists():
         raise ParamError("run it in a configuration folder (one holding dvc.yaml and params.yaml)")
     params = yaml.safe_load(Path("params.yaml").read_text())
@@ -125,10 +130,10 @@ def main(argv: list[str] | None = None) -> None:
         run([sys.executable, "-m", "dvc", "checkout", "--force", "--quiet"])
     frame = pd.DataFrame(rows)
     OUT.mkdir(exist_ok=True)
-    with atomic_path(OUT / f"{args.attack}.csv") as tmp:
+    with atomic_path(OUT / f"{name}.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.4f")
     table = tables(rows, list(points[0]))
-    save_text(OUT / f"{args.attack}.md", table)
+    save_text(OUT / f"{name}.md", table)
     print(table)
 
 

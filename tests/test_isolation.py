@@ -104,3 +104,16 @@ def test_an_unreachable_concentration_isolates_nothing_even_with_a_backdoor():
     x, y, _ = images(1000, seed=0, poison_rate=0.05)
     found, _ = run_isolation(x, y, IsolationConfig(**{**CONFIG.__dict__, "min_concentration": 1.01, "max_epochs": 2}))
     assert not found.found and len(found.indices) == 0
+
+
+def test_replaying_the_saved_history_takes_the_isolations_own_decision():
+    from benchmarks.isolation_replay import replay
+
+    x, y, poisoned = images(2000, seed=0, poison_rate=0.05)
+    found, _ = run_isolation(x, y)
+    mask = np.zeros(len(y), dtype=bool)
+    mask[poisoned] = True
+    again = replay(list(found.history), y.numpy(), mask, CONFIG)
+    assert found.history.shape == (found.epochs, len(y))
+    assert again["found"] and again["epoch"] == found.epochs and again["isolated"] == len(found.indices)
+    assert again["precision"] == np.isin(found.indices, poisoned).mean()

@@ -245,3 +245,12 @@ def test_every_stage_explains_itself_with_help(stage, monkeypatch):
     usage = out.split("\n\n")[0].replace("\n", " ")
     assert " ".join(usage.split()) == " ".join(f"usage: python -m stages.{stage} [-h] {HELP[stage]}".split())
     assert "Reads" in out and "Writes" in out
+
+
+@pytest.mark.parametrize("args, key", [(["nosuch", "--set", "attack.target=3"], "attack"),
+                                       (["badnets", "--set", "attack.target=3", "--name", "../elsewhere"], "--name")])
+def test_a_sweep_with_a_bad_attack_or_table_name_stops_with_one_line(tmp_path, args, key):
+    result = subprocess.run([sys.executable, "-m", "backdoorlab.sweep", *args], cwd=tmp_path,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and key in result.stderr and len(result.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
