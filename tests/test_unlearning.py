@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -62,7 +63,7 @@ def test_with_learning_speeds_only_examples_with_both_signals_are_unlearned():
 
 CONFIG = UnlearningConfig(expand="features", objective="forget", loss_cap=0.0, lr=0.005, batch_size=64, max_epochs=6,
                           clean_ratio=2.0, same_label_ratio=2.0, stop="isolated_acc", stop_isolated_acc=0.05,
-                          holdout=0.2, max_clean_drop=0.05)
+                          holdout=0.2, max_clean_drop=0.05, max_kept_drop=0.15)
 
 
 def backdoored_model(x, y):
@@ -154,3 +155,30 @@ def test_when_nothing_was_isolated_both_abl_defenses_return_the_no_defense_model
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), no_defense.state_dict().values()))
         assert summary["isolated"] == 0 and summary["stopped_by"].startswith("nothing isolated")
     assert len(logged) == 2  # one point on each defense's curves: the model it returns
+
+
+@pytest.mark.parametrize("cost, expected", [(0.30, "no_defense"), (0.10, "finetuned")])
+def test_an_unlearning_that_cost_the_held_out_examples_too_much_gives_the_no_defense_model_back(
+        tmp_path, monkeypatch, cost, expected):
+    """Forgetting poison costs the held-out clean examples little; forgetting a class's own examples does not,
+    so past max_kept_drop the isolation is taken for a false alarm."""
+    from backdoorlab.defenses import abl, defense_class
+    from backdoorlab.defenses.base import DefenseJob
+    from backdoorlab.defenses.isolation import FINETUNED
+    from backdoorlab.layout import isolated_file, model_file
+    from backdoorlab.storage import save_arrays, save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    x, y, _ = images(200, seed=0)
+    models = {"no_defense": new_model("convnet", x.numpy(), 8, 1), "finetuned": new_model("convnet", x.numpy(), 8, 2)}
+    save_checkpoint(model_file("badnets", 0), models["no_defense"].checkpoint())
+    save_checkpoint(model_file("badnets", 0, FINETUNED), models["finetuned"].checkpoint())
+    save_arrays(isolated_file("badnets", 0), indices=np.arange(10), speed=np.zeros(len(y)))
+    monkeypatch.setattr(abl, "unlearn", lambda *args, **kwargs: {
+        "isolated": 10, "epochs": 20, "stopped_by": "least costly forgotten epoch", "heldout_cost": cost})
+    knobs = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text())["abl"]
+    assert knobs["max_kept_drop"] == 0.15
+    model, summary = defense_class("abl")("abl", knobs).defend(
+        DefenseJob("badnets", 0, x, y, 8, CPU, TrainOptions(epochs=1, lr=0.1), "convnet", lambda m, s: None))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), models[expected].state_dict().values()))
+    assert (summary["stopped_by"] == abl.TOO_COSTLY) == (expected == "no_defense")
