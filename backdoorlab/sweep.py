@@ -10,9 +10,8 @@ attacks are not retrained; `dvc exp show` lists them afterwards. The same params
 every point: nothing is retuned per setting. After each experiment its scores are read
 from the workspace; at the end the workspace is put back as it was (the sweep refuses
 to start unless the folder is committed) and the table is written to
-sweeps/<name>.csv (one row per setting, model and seed) and sweeps/<name>.md (`--name`,
-by default the attack)
-(per setting, the report's table: mean +- std over seeds, the worst seed's ASR,
+sweeps/<name>.csv (one row per setting, model and seed; `--name`, by default the attack)
+and sweeps/<name>.md (per setting, the report's table: mean +- std over seeds, the worst seed's ASR,
 isolation precision and recall; the clean model's accuracy on that target class,
 from its per-class accuracy, as the yardstick).
 """

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from backdoorlab.defenses.isolation import IsolationConfig, decide
-from backdoorlab.storage import load_arrays, save_figure, save_text
+from backdoorlab.storage import load_arrays, load_json, save_figure, save_text
 
 
 def config(folder: Path, window: int) -> IsolationConfig:
@@ -51,7 +51,7 @@ def runs(folder: Path):
         else:
             train = load_arrays(folder / "data/poisoned" / attack / "train.npz")
             labels, poison = train["y"], train["poison_indices"]
-            target = int(yaml.safe_load((folder / "params.yaml").read_text())["attack"]["target"])
+            target = load_json(folder / "data/poisoned" / attack / "meta.json")["target"]  # as poisoned
         mask = np.zeros(len(labels), dtype=bool)
         mask[poison] = True
         yield attack, seed, list(arrays["history"]), labels, mask, target

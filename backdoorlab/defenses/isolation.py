@@ -20,8 +20,9 @@ This project's rule (`isolate.selection: adaptive`), every choice made on traini
   dilutes a trigger learned late with the epochs before it, when the poisoned examples,
   images of other classes, had the highest losses (CIFAR-10 clean-label, seed 0: its
   poison learned from epoch 4 on, the label's share of the fastest never passed 0.78 in
-  12 epochs; over the last 3 epochs it reached 0.94 in epoch 6). A backdoor is learned by one label, so among the fastest `isolate.ratio` of
-  the data one label comes to dominate; on clean data the fastest are spread over the
+  12 epochs; over the last 3 epochs it reached 0.94 in epoch 6). A backdoor is learned
+  by one label, so among the fastest `isolate.ratio` of the data one label comes to
+  dominate; on clean data the fastest are spread over the
   easy classes. Isolation stops at the first epoch (from the second on) where one label
   holds `isolate.min_concentration` of the fastest, and isolates those of that label.
   If no epoch does, it isolates nothing and says so in its metrics, rather than
