@@ -2,12 +2,14 @@
 
     python -m benchmarks.isolation_replay demo --windows 0 1 2 3
     python -m benchmarks.isolation_replay sweep-a sweep-b --windows 0 2 --output replay.md
+    python -m benchmarks.isolation_replay demo --windows 3 --drop off on   # the loss-drop signal's effect
 
 Every isolate stage saves each example's loss per isolation epoch (`history` in
 data/isolated/<attack>/seed<k>.npz). This replays on it, epoch by epoch, the rule of
 backdoorlab/defenses/isolation.py (`decide`: the learning speed over the last `window`
-epochs, one label holding `isolate.min_concentration` of the fastest `isolate.ratio`),
-with each folder's params and only the window changed, and scores every decision against
+epochs, one label holding `isolate.min_concentration` of the fastest `isolate.ratio`, or
+with `isolate.drop` of the largest falls in loss since the second epoch), with each
+folder's params and only the window and the drop signal changed, and scores every decision against
 the true poison indices (data/poisoned/<attack>/train.npz), which the defense never sees.
 A decision is a false alarm when it isolates with no poison among the isolated.
 
@@ -32,11 +34,12 @@ from backdoorlab.defenses.isolation import IsolationConfig, decide
 from backdoorlab.storage import load_arrays, load_json, save_figure, save_text
 
 
-def config(folder: Path, window: int) -> IsolationConfig:
+def config(folder: Path, window: int, drop: bool) -> IsolationConfig:
     group = yaml.safe_load((folder / "params.yaml").read_text())["isolate"]
     flat = {f"isolate.{k}": v for k, v in group.items()}
     flat.setdefault("isolate.window", 0)
-    return dataclasses.replace(IsolationConfig.from_params(flat), selection="adaptive", window=window)
+    flat.setdefault("isolate.drop", False)
+    return dataclasses.replace(IsolationConfig.from_params(flat), selection="adaptive", window=window, drop=drop)
 
 
 def runs(folder: Path):
@@ -62,29 +65,31 @@ def replay(history: list[np.ndarray], labels: np.ndarray, poisoned: np.ndarray, 
     had it gone on."""
     result, curve = None, []
     for epoch in range(1, len(history) + 1):
-        cand, found = decide(history[:epoch], labels, cfg)
-        curve.append(cand.concentration)
+        decision = decide(history[:epoch], labels, cfg)
+        cand, found = decision.candidates, decision.found
+        curve.append(max(decision.shares.values()))
         if found and result is None:
             chosen = cand.indices[labels[cand.indices] == cand.label]
-            result = {"found": True, "epoch": epoch, "label": cand.label, "isolated": len(chosen),
+            result = {"found": True, "epoch": epoch, "signal": cand.signal, "label": cand.label, "isolated": len(chosen),
                       "precision": float(poisoned[chosen].mean())}
     return {**(result or {"found": False, "epoch": len(history), "highest": max(curve[1:], default=0.0)}),
             "curve": curve}
 
 
-def plot(curves: dict[int, list[tuple[str, list[float], bool]]], threshold: float):
-    """One panel per window: the suspect label's share of the fastest examples per epoch, one line per run."""
+def plot(curves: dict[str, list[tuple[str, list[float], bool]]], threshold: float):
+    """One panel per variant: the suspect label's share of the suspects per epoch (the higher of the two
+    signals with the drop), one line per run."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), sharey=True, squeeze=False)
-    for ax, (window, lines) in zip(axes[0], curves.items()):
+    for ax, (variant, lines) in zip(axes[0], curves.items()):
         for name, curve, poisoned in lines:
             ax.plot(range(1, len(curve) + 1), curve, color="tab:red" if poisoned else "tab:blue",
                     alpha=0.5 if poisoned else 0.9, lw=1.0 if poisoned else 1.6, ls="-" if poisoned else "--")
         ax.axhline(threshold, color="black", lw=0.8)
-        ax.set_title(f"window {window}" + (" (every epoch)" if window == 0 else ""))
+        ax.set_title(variant.replace("window 0", "window 0 (every epoch)"))
         ax.set_xlabel("isolation epoch")
-    axes[0][0].set_ylabel("one label's share of the fastest")
+    axes[0][0].set_ylabel("one label's share of the suspects")
     axes[0][0].plot([], [], color="tab:red", label="poisoned training set")
     axes[0][0].plot([], [], color="tab:blue", ls="--", label="clean training set")
     axes[0][0].legend(loc="lower right", fontsize=8)
@@ -96,7 +101,8 @@ def cell(result: dict, target: int | None) -> str:
     if not result["found"]:
         return f"nothing (at most {result['highest']:.2f})"
     wrong = "" if result["label"] == target else " (not the target)"
-    return (f"epoch {result['epoch']}: {result['isolated']} of label {result['label']}{wrong}, "
+    by = " by drop" if result["signal"] == "drop" else ""
+    return (f"epoch {result['epoch']}{by}: {result['isolated']} of label {result['label']}{wrong}, "
             f"precision {100 * result['precision']:.0f}%")
 
 
@@ -105,34 +111,37 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="configuration folders whose isolate stages ran")
     parser.add_argument("--windows", nargs="+", type=int, default=[0, 2], help="learning-speed windows to replay")
+    parser.add_argument("--drop", nargs="+", choices=["off", "on"], default=["on"],
+                        help="replay without and/or with the loss-drop signal (default: on)")
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--plot", type=Path, help="also draw the concentration curves (png) here")
     args = parser.parse_args(argv)
     if any(w < 0 for w in args.windows):
         parser.exit(2, "--windows: integers >= 0 (0: every epoch from the second)\n")
-    lines = ["| run | poisoned | " + " | ".join(f"window {w}" for w in args.windows) + " |",
-             "|---|---:|" + "---|" * len(args.windows)]
-    tally = {w: {"found": 0, "false alarms": 0, "runs": 0} for w in args.windows}
-    curves: dict[int, list] = {w: [] for w in args.windows}
+    variants = {f"window {w}" + ("" if d == "off" else " + drop"): (w, d == "on")
+                for w in args.windows for d in args.drop}
+    lines = ["| run | poisoned | " + " | ".join(variants) + " |", "|---|---:|" + "---|" * len(variants)]
+    tally = {v: {"found": 0, "false alarms": 0, "runs": 0} for v in variants}
+    curves: dict[str, list] = {v: [] for v in variants}
     threshold = 0.0
     for folder in args.folders:
         if not (folder / "params.yaml").is_file():
             parser.exit(2, f"{folder}: no params.yaml\n")
         for attack, seed, history, labels, poisoned, target in runs(folder):
             cells = []
-            for w in args.windows:
-                cfg = config(folder, w)
+            for v, (w, drop) in variants.items():
+                cfg = config(folder, w, drop)
                 threshold = cfg.min_concentration
                 result = replay(history, labels, poisoned, cfg)
-                curves[w].append((f"{folder.name} {attack} {seed}", result["curve"], bool(poisoned.any())))
-                tally[w]["runs"] += 1
-                tally[w]["found"] += result["found"] and result["precision"] > 0
-                tally[w]["false alarms"] += result["found"] and result["precision"] == 0
+                curves[v].append((f"{folder.name} {attack} {seed}", result["curve"], bool(poisoned.any())))
+                tally[v]["runs"] += 1
+                tally[v]["found"] += result["found"] and result["precision"] > 0
+                tally[v]["false alarms"] += result["found"] and result["precision"] == 0
                 cells.append(cell(result, target))
             name = f"{folder.name} {attack} seed {seed}" + (f" (target {target})" if target is not None else "")
             lines.append(f"| {name} | {int(poisoned.sum())} | " + " | ".join(cells) + " |")
-    lines += [""] + [f"window {w}: {t['found']} of {t['runs']} runs isolated poison, {t['false alarms']} "
-                     f"isolated only clean examples" for w, t in tally.items()]
+    lines += [""] + [f"{v}: {t['found']} of {t['runs']} runs isolated poison, {t['false alarms']} "
+                     f"isolated only clean examples" for v, t in tally.items()]
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     if args.output:

@@ -1,8 +1,9 @@
 """Stage `isolate@<attack>-<seed>`: ABL's first phase, shared by the ABL defenses.
 
 Trains a fresh model with the LGA loss (no augmentation, constant lr) and isolates the
-examples it learns suspiciously fast (`isolate.selection`: adaptive, this project's
-default, or lowest, the paper's lowest `isolate.ratio`), then keeps training the same
+examples it learns suspiciously fast, or that fall from hard to fitted together
+(`isolate.selection`: adaptive, this project's default, or lowest, the paper's lowest
+`isolate.ratio`), then keeps training the same
 model on everything not isolated (`isolate.finetune_*`, with the training
 augmentation and a cosine schedule). Both ABL defenses start from that model.
 Precision and recall are computed against the true poison indices for the metrics
@@ -13,8 +14,8 @@ Reads   data/dataset.npz, data/poisoned/<attack>/ ; params train.{arch,batch_siz
 Writes  models/<attack>/seed<k>/finetuned.pt          the model the unlearning starts from
         data/isolated/<attack>/seed<k>.npz           isolated indices, every example's loss and learning speed,
                                                      and its loss per isolation epoch (history)
-        metrics/isolation/<attack>/seed<k>.json      found or not, when it stopped, the suspect label and its
-                                                     share of the fastest examples, how many isolated,
+        metrics/isolation/<attack>/seed<k>.json      found or not, when it stopped, by which signal, the suspect
+                                                     label and its share of the suspects, how many isolated,
                                                      precision, recall
         plots/isolation/<attack>/seed<k>.png          loss histogram, clean vs poisoned, with the cut-off
         logs/isolate/<attack>/seed<k>/, logs/finetune/<attack>/seed<k>/   per-epoch curves
@@ -38,7 +39,7 @@ from backdoorlab.training import TrainOptions, fit, subset
 
 PARAMS = params.MODEL_KEYS + ["isolate.max_epochs", "isolate.lr", "isolate.gamma", "isolate.lga",
                               "isolate.augment", "isolate.selection", "isolate.ratio", "isolate.min_concentration",
-                              "isolate.window", "isolate.finetune_epochs", "isolate.finetune_lr"]
+                              "isolate.window", "isolate.drop", "isolate.finetune_epochs", "isolate.finetune_lr"]
 MONITOR_SIZE = 1000
 
 
@@ -72,7 +73,8 @@ def main(args) -> None:
     poisoned[data.poison_indices] = True
     cand = found.candidates
     summary = {"selection": cfg.selection, "found": found.found, "isolation_epochs": found.epochs,
-               "suspect_label": cand.label, "concentration": cand.concentration, "gap_decades": cand.gap,
+               "signal": cand.signal, "suspect_label": cand.label, "concentration": cand.concentration,
+               "gap_decades": cand.gap,
                "isolated": int(len(found.indices)), "isolated_share": len(found.indices) / len(data.y),
                "poisoned": int(poisoned.sum()), "precision": precision if found.indices.size else None,
                "recall": recall if poisoned.any() else None,
@@ -84,7 +86,8 @@ def main(args) -> None:
                 history=found.history)
     save_json(isolation_metrics(attack, args.seed), summary)
     with phase("pictures"):
-        verdict = (f"isolated {len(found.indices)} labelled {cand.label} ({cand.concentration:.0%} of the fastest "
+        among = "fastest" if cand.signal == "speed" else "largest falls in loss"
+        verdict = (f"isolated {len(found.indices)} labelled {cand.label} ({cand.concentration:.0%} of the {among} "
                    f"{cfg.ratio:.0%})" if found.found else
                    f"no label dominates the fastest {cfg.ratio:.0%} (at most {cand.concentration:.0%}): nothing isolated")
         save_figure(isolation_plot(attack, args.seed), loss_histogram(

@@ -1,11 +1,14 @@
 """ABL's adaptive isolation (backdoorlab/defenses/isolation.py): a backdoor is one label learned fast, so
-isolation looks for one label dominating the fastest-learned examples, and says so when none does."""
+isolation looks for one label dominating the fastest-learned examples, or the examples that fell together from
+hard to fitted, and says so when none does."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from backdoorlab.defenses.isolation import IsolationConfig, candidates, isolate, learning_speed
+import dataclasses
+
+from backdoorlab.defenses.isolation import DROP_FROM, IsolationConfig, candidates, decide, isolate, learning_speed, loss_drop
 from backdoorlab.models import new_model
 from backdoorlab.runtime import Runtime
 from backdoorlab.training import TrainOptions
@@ -47,6 +50,55 @@ def test_on_clean_data_the_fastest_examples_are_spread_over_the_labels():
     y = rng.integers(0, 10, 2000)
     speed = rng.normal(0.0, 0.3, 2000) - 0.2 * (y % 3)  # some classes are easier, none by far
     assert candidates(speed, y, ratio=0.02).concentration < 0.9
+
+
+# ------------------------------------------------------------------ the loss-drop signal
+
+def test_the_loss_drop_is_the_fall_in_decades_from_the_second_epoch_to_the_learning_speed():
+    history = [np.array([1.0, 1.0]), np.array([10.0, 0.1]), np.array([0.01, 0.1]), np.array([0.01, 0.1])]
+    np.testing.assert_allclose(loss_drop(history, window=2), [3.0, 0.0], atol=1e-4)
+
+
+def easy_classes_and_a_late_trigger(trigger: bool, epochs: int = 6, seed: int = 2):
+    """Loss histories: labels 1 and 7 are easy (the lowest losses throughout, so they share the fastest
+    examples); with `trigger`, 30 examples of label 3 are hard in the first two epochs (images of other
+    classes) and fitted from the third on, yet never as low as the easy classes: a trigger learned late."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, 2000)
+    base = np.where(np.isin(y, [1, 7]), 1e-3, 0.3) * np.exp(rng.normal(0.0, 0.3, len(y)))
+    history = [base * np.exp(rng.normal(0.0, 0.2, len(y))) for _ in range(epochs)]
+    planted = np.flatnonzero(y == 3)[:30]
+    if trigger:
+        for epoch, losses in enumerate(history):
+            losses[planted] = 3.0 if epoch < 2 else 0.02
+    return history, y, planted
+
+
+DECIDE = IsolationConfig(max_epochs=6, lr=0.05, gamma=0.5, per_example=False, augment="none",
+                         selection="adaptive", ratio=0.01, min_concentration=0.9, window=3, drop=True)
+
+
+def test_a_late_trigger_hidden_behind_easy_classes_is_found_by_its_drop_from_the_fourth_epoch():
+    history, y, planted = easy_classes_and_a_late_trigger(trigger=True)
+    assert all(not decide(history[:e], y, DECIDE).found for e in range(1, DROP_FROM))
+    decision = decide(history[:DROP_FROM], y, DECIDE)
+    assert decision.shares["speed"] < 0.9  # the fastest are the easy classes, mixed
+    assert decision.found and decision.candidates.signal == "drop" and decision.candidates.label == 3
+    chosen = decision.candidates.indices[y[decision.candidates.indices] == 3]
+    assert set(chosen) <= set(planted) and len(chosen) == 20
+
+
+def test_without_the_drop_signal_the_late_trigger_goes_unfound():
+    history, y, _ = easy_classes_and_a_late_trigger(trigger=True)
+    off = dataclasses.replace(DECIDE, drop=False)
+    assert not any(decide(history[:e], y, off).found for e in range(1, len(history) + 1))
+
+
+def test_on_clean_histories_neither_signal_singles_out_a_label():
+    history, y, _ = easy_classes_and_a_late_trigger(trigger=False)
+    decisions = [decide(history[:e], y, DECIDE) for e in range(1, len(history) + 1)]
+    assert not any(d.found for d in decisions)
+    assert max(d.shares.get("drop", 0.0) for d in decisions) < 0.5
 
 
 # ------------------------------------------------------------------ isolation on a real model
@@ -91,6 +143,7 @@ def test_isolation_on_clean_data_isolates_nothing_and_says_so():
     assert not found.found and len(found.indices) == 0
     assert found.epochs == CONFIG.max_epochs
     assert max(stats["concentration"] for stats in logged[1:]) < CONFIG.min_concentration
+    assert max(stats["drop_concentration"] for stats in logged) < CONFIG.min_concentration
 
 
 def test_the_papers_rule_always_isolates_the_lowest_losses():
