@@ -141,6 +141,7 @@ SCHEMA: dict[str, Spec] = {
     "isolate.min_concentration": number(0.0, 1.0),
     "isolate.window": integer(0),
     "isolate.drop": boolean(),
+    "isolate.min_gap": number(0.0),
     "isolate.finetune_epochs": integer(0),
     "isolate.finetune_lr": number(0.0, lo_open=True),
 }

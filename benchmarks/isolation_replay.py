@@ -34,11 +34,14 @@ from backdoorlab.defenses.isolation import IsolationConfig, decide
 from backdoorlab.storage import load_arrays, load_json, save_figure, save_text
 
 
-def config(folder: Path, window: int, drop: bool) -> IsolationConfig:
+def config(folder: Path, window: int, drop: bool, min_gap: float | None = None) -> IsolationConfig:
     group = yaml.safe_load((folder / "params.yaml").read_text())["isolate"]
     flat = {f"isolate.{k}": v for k, v in group.items()}
     flat.setdefault("isolate.window", 0)
     flat.setdefault("isolate.drop", False)
+    flat.setdefault("isolate.min_gap", 0.0)
+    if min_gap is not None:
+        flat["isolate.min_gap"] = min_gap
     return dataclasses.replace(IsolationConfig.from_params(flat), selection="adaptive", window=window, drop=drop)
 
 
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", nargs="+", type=int, default=[0, 2], help="learning-speed windows to replay")
     parser.add_argument("--drop", nargs="+", choices=["off", "on"], default=["on"],
                         help="replay without and/or with the loss-drop signal (default: on)")
+    parser.add_argument("--min-gap", type=float, metavar="DECADES",
+                        help="isolate.min_gap for every folder (default: each folder's own, 0 where it has none)")
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--plot", type=Path, help="also draw the concentration curves (png) here")
     args = parser.parse_args(argv)
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         for attack, seed, history, labels, poisoned, target in runs(folder):
             cells = []
             for v, (w, drop) in variants.items():
-                cfg = config(folder, w, drop)
+                cfg = config(folder, w, drop, args.min_gap)
                 threshold = cfg.min_concentration
                 result = replay(history, labels, poisoned, cfg)
                 curves[v].append((f"{folder.name} {attack} {seed}", result["curve"], bool(poisoned.any())))

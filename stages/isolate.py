@@ -39,7 +39,8 @@ from backdoorlab.training import TrainOptions, fit, subset
 
 PARAMS = params.MODEL_KEYS + ["isolate.max_epochs", "isolate.lr", "isolate.gamma", "isolate.lga",
                               "isolate.augment", "isolate.selection", "isolate.ratio", "isolate.min_concentration",
-                              "isolate.window", "isolate.drop", "isolate.finetune_epochs", "isolate.finetune_lr"]
+                              "isolate.window", "isolate.drop", "isolate.min_gap", "isolate.finetune_epochs",
+                              "isolate.finetune_lr"]
 MONITOR_SIZE = 1000
 
 

@@ -75,7 +75,7 @@ def easy_classes_and_a_late_trigger(trigger: bool, epochs: int = 6, seed: int = 
 
 
 DECIDE = IsolationConfig(max_epochs=6, lr=0.05, gamma=0.5, per_example=False, augment="none",
-                         selection="adaptive", ratio=0.01, min_concentration=0.9, window=3, drop=True)
+                         selection="adaptive", ratio=0.01, min_concentration=0.9, window=3, drop=True, min_gap=0.75)
 
 
 def test_a_late_trigger_hidden_behind_easy_classes_is_found_by_its_drop_from_the_fourth_epoch():
@@ -101,6 +101,17 @@ def test_on_clean_histories_neither_signal_singles_out_a_label():
     assert max(d.shares.get("drop", 0.0) for d in decisions) < 0.5
 
 
+def test_an_easy_class_holding_the_fastest_is_not_a_backdoor_when_they_barely_lead_the_rest_of_it():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 10, 2000)
+    base = np.where(y == 1, 1e-3, 0.3) * np.exp(rng.normal(0.0, 0.3, len(y)))  # every "one" is easy
+    history = [base * np.exp(rng.normal(0.0, 0.2, len(y))) for _ in range(4)]
+    decision = decide(history, y, DECIDE)
+    assert decision.candidates.label == 1 and decision.candidates.concentration == 1.0
+    assert decision.candidates.gap < DECIDE.min_gap and not decision.found
+    assert decide(history, y, dataclasses.replace(DECIDE, min_gap=0.0)).found
+
+
 # ------------------------------------------------------------------ isolation on a real model
 
 def images(n: int, seed: int, poison_rate: float = 0.0, target: int = 0):
@@ -117,7 +128,7 @@ def images(n: int, seed: int, poison_rate: float = 0.0, target: int = 0):
 
 
 CONFIG = IsolationConfig(max_epochs=6, lr=0.05, gamma=0.5, per_example=False, augment="none",
-                         selection="adaptive", ratio=0.02, min_concentration=0.9, window=3)
+                         selection="adaptive", ratio=0.02, min_concentration=0.9, window=3, min_gap=0.75)
 
 
 def run_isolation(x, y, cfg=CONFIG):
