@@ -90,7 +90,8 @@ def main(args) -> None:
         among = "fastest" if cand.signal == "speed" else "largest falls in loss"
         verdict = (f"isolated {len(found.indices)} labelled {cand.label} ({cand.concentration:.0%} of the {among} "
                    f"{cfg.ratio:.0%})" if found.found else
-                   f"no label dominates the fastest {cfg.ratio:.0%} (at most {cand.concentration:.0%}): nothing isolated")
+                   f"no label stood out among the suspect {cfg.ratio:.0%} (the fastest: {cand.concentration:.0%} "
+                   f"label {cand.label} in the last epoch): nothing isolated")
         save_figure(isolation_plot(attack, args.seed), loss_histogram(
             found.losses, data.poison_indices, found.indices,
             f"{attack}, seed {args.seed}: loss after {found.epochs} LGA epochs; {verdict}"))

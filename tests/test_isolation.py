@@ -3,12 +3,13 @@ isolation looks for one label dominating the fastest-learned examples, or the ex
 hard to fitted, and says so when none does."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
-import dataclasses
-
-from backdoorlab.defenses.isolation import DROP_FROM, IsolationConfig, candidates, decide, isolate, learning_speed, loss_drop
+from backdoorlab.defenses.isolation import (DROP_FROM, IsolationConfig, candidates, decide, isolate, learning_speed,
+                                            loss_drop)
 from backdoorlab.models import new_model
 from backdoorlab.runtime import Runtime
 from backdoorlab.training import TrainOptions
@@ -128,7 +129,7 @@ def images(n: int, seed: int, poison_rate: float = 0.0, target: int = 0):
 
 
 CONFIG = IsolationConfig(max_epochs=6, lr=0.05, gamma=0.5, per_example=False, augment="none",
-                         selection="adaptive", ratio=0.02, min_concentration=0.9, window=3, min_gap=0.75)
+                         selection="adaptive", ratio=0.02, min_concentration=0.9, window=3, drop=True, min_gap=0.75)
 
 
 def run_isolation(x, y, cfg=CONFIG):
