@@ -13,6 +13,12 @@ folder's params and only the window and the drop signal changed, and scores ever
 the true poison indices (data/poisoned/<attack>/train.npz), which the defense never sees.
 A decision is a false alarm when it isolates with no poison among the isolated.
 
+The last column checks the premise both signals rest on: the share of poisoned examples
+among the fastest `isolate.ratio` and among the largest falls, at the last epoch the
+isolation may train (`isolate.max_epochs`). Where poison is a minority of both, no
+threshold on these signals can isolate it cleanly: the isolation model has not learned
+it faster than the clean examples.
+
 The adaptive isolation stops once it has found something, so its history is cut there;
 to record every epoch, run the isolation with the paper's rule, which never stops early:
 `dvc exp run -S isolate.selection=lowest -S isolate.max_epochs=12 -S isolate.finetune_epochs=0`
@@ -30,11 +36,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from backdoorlab.defenses.isolation import IsolationConfig, decide
+from backdoorlab.defenses.isolation import IsolationConfig, decide, learning_speed, loss_drop
 from backdoorlab.storage import load_arrays, load_json, save_figure, save_text
 
 
-def config(folder: Path, window: int, drop: bool, min_gap: float | None = None) -> IsolationConfig:
+def config(folder: Path, window: int, drop: bool, min_gap: float | None = None,
+           max_epochs: int | None = None) -> IsolationConfig:
     group = yaml.safe_load((folder / "params.yaml").read_text())["isolate"]
     flat = {f"isolate.{k}": v for k, v in group.items()}
     flat.setdefault("isolate.window", 0)
@@ -42,6 +49,8 @@ def config(folder: Path, window: int, drop: bool, min_gap: float | None = None) 
     flat.setdefault("isolate.min_gap", 0.0)
     if min_gap is not None:
         flat["isolate.min_gap"] = min_gap
+    if max_epochs is not None:
+        flat["isolate.max_epochs"] = max_epochs
     return dataclasses.replace(IsolationConfig.from_params(flat), selection="adaptive", window=window, drop=drop)
 
 
@@ -67,6 +76,7 @@ def replay(history: list[np.ndarray], labels: np.ndarray, poisoned: np.ndarray, 
     """The rule's decision as the isolation would have taken it, how it scores, and the concentration per epoch
     had it gone on."""
     result, curve = None, []
+    history = history[:cfg.max_epochs]
     for epoch in range(1, len(history) + 1):
         decision = decide(history[:epoch], labels, cfg)
         cand, found = decision.candidates, decision.found
@@ -77,6 +87,17 @@ def replay(history: list[np.ndarray], labels: np.ndarray, poisoned: np.ndarray, 
                       "precision": float(poisoned[chosen].mean())}
     return {**(result or {"found": False, "epoch": len(history), "highest": max(curve[1:], default=0.0)}),
             "curve": curve}
+
+
+def premise(history: list[np.ndarray], poisoned: np.ndarray, cfg: IsolationConfig) -> str:
+    """The poison's share of the fastest and of the largest falls after `cfg.max_epochs` epochs (or every recorded one)."""
+    if not poisoned.any():
+        return "-"
+    seen = history[:cfg.max_epochs]
+    count = max(1, round(cfg.ratio * len(poisoned)))
+    fastest = np.argsort(learning_speed(seen, cfg.window), kind="stable")[:count]
+    fell = np.argsort(-loss_drop(seen, cfg.window), kind="stable")[:count]
+    return f"{100 * poisoned[fastest].mean():.0f}% / {100 * poisoned[fell].mean():.0f}% (epoch {len(seen)})"
 
 
 def plot(curves: dict[str, list[tuple[str, list[float], bool]]], threshold: float):
@@ -118,14 +139,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="replay without and/or with the loss-drop signal (default: on)")
     parser.add_argument("--min-gap", type=float, metavar="DECADES",
                         help="isolate.min_gap for every folder (default: each folder's own, 0 where it has none)")
+    parser.add_argument("--max-epochs", type=int, metavar="N",
+                        help="isolate.max_epochs for every folder: decide on the first N recorded epochs only "
+                             "(default: each folder's own)")
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--plot", type=Path, help="also draw the concentration curves (png) here")
     args = parser.parse_args(argv)
+    if args.max_epochs is not None and args.max_epochs < 1:
+        parser.exit(2, "--max-epochs: an integer >= 1\n")
     if any(w < 0 for w in args.windows):
         parser.exit(2, "--windows: integers >= 0 (0: every epoch from the second)\n")
     variants = {f"window {w}" + ("" if d == "off" else " + drop"): (w, d == "on")
                 for w in args.windows for d in args.drop}
-    lines = ["| run | poisoned | " + " | ".join(variants) + " |", "|---|---:|" + "---|" * len(variants)]
+    lines = ["| run | poisoned | " + " | ".join(variants) + " | poison among the fastest / largest falls |",
+             "|---|---:|" + "---|" * len(variants) + "---|"]
     tally = {v: {"found": 0, "false alarms": 0, "runs": 0} for v in variants}
     curves: dict[str, list] = {v: [] for v in variants}
     threshold = 0.0
@@ -135,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         for attack, seed, history, labels, poisoned, target in runs(folder):
             cells = []
             for v, (w, drop) in variants.items():
-                cfg = config(folder, w, drop, args.min_gap)
+                cfg = config(folder, w, drop, args.min_gap, args.max_epochs)
                 threshold = cfg.min_concentration
                 result = replay(history, labels, poisoned, cfg)
                 curves[v].append((f"{folder.name} {attack} {seed}", result["curve"], bool(poisoned.any())))
@@ -143,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 tally[v]["found"] += result["found"] and result["precision"] > 0
                 tally[v]["false alarms"] += result["found"] and result["precision"] == 0
                 cells.append(cell(result, target))
+            cells.append(premise(history, poisoned, cfg))
             name = f"{folder.name} {attack} seed {seed}" + (f" (target {target})" if target is not None else "")
             lines.append(f"| {name} | {int(poisoned.sum())} | " + " | ".join(cells) + " |")
     lines += [""] + [f"{v}: {t['found']} of {t['runs']} runs isolated poison, {t['false alarms']} "

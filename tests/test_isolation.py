@@ -182,3 +182,19 @@ def test_replaying_the_saved_history_takes_the_isolations_own_decision():
     assert found.history.shape == (found.epochs, len(y))
     assert again["found"] and again["epoch"] == found.epochs and again["isolated"] == len(found.indices)
     assert again["precision"] == np.isin(found.indices, poisoned).mean()
+
+
+def test_the_replays_premise_check_reports_the_poisons_share_of_each_signals_suspects():
+    from benchmarks.isolation_replay import premise
+
+    # 100 examples, ratio 0.1 -> 10 suspects. Epoch 2: every loss 1. Epoch 3: examples 0-9 (poison) at 0.01,
+    # examples 10-19 (clean) at 0.001: the clean ones are the fastest, the poison fell as much as they did.
+    second, third = np.ones(100), np.ones(100)
+    third[:10], third[10:20] = 0.01, 0.001
+    poisoned = np.zeros(100, dtype=bool)
+    poisoned[:10] = True
+    cfg = IsolationConfig(**{**CONFIG.__dict__, "ratio": 0.1, "window": 1, "max_epochs": 3})
+    assert premise([np.ones(100), second, third], poisoned, cfg) == "0% / 0% (epoch 3)"
+    third[10:20] = 0.5  # now the poison is both the fastest and the largest fall
+    assert premise([np.ones(100), second, third], poisoned, cfg) == "100% / 100% (epoch 3)"
+    assert premise([np.ones(100), second, third], np.zeros(100, dtype=bool), cfg) == "-"
