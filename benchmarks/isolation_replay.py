@@ -15,9 +15,9 @@ A decision is a false alarm when it isolates with no poison among the isolated.
 
 The last column checks the premise both signals rest on: the share of poisoned examples
 among the fastest `isolate.ratio` and among the largest falls, at the last epoch the
-isolation may train (`isolate.max_epochs`). Where poison is a minority of both, no
-threshold on these signals can isolate it cleanly: the isolation model has not learned
-it faster than the clean examples.
+isolation may train (`isolate.max_epochs`), with the last `--windows` value. Where
+poison is a minority of both, no threshold on these signals can isolate it cleanly: the
+isolation model has not learned it faster than the clean examples.
 
 The adaptive isolation stops once it has found something, so its history is cut there;
 to record every epoch, run the isolation with the paper's rule, which never stops early:
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from backdoorlab.defenses.isolation import IsolationConfig, decide, learning_speed, loss_drop
+from backdoorlab.defenses.isolation import IsolationConfig, candidates, decide, learning_speed, loss_drop
 from backdoorlab.storage import load_arrays, load_json, save_figure, save_text
 
 
@@ -89,14 +89,14 @@ def replay(history: list[np.ndarray], labels: np.ndarray, poisoned: np.ndarray, 
             "curve": curve}
 
 
-def premise(history: list[np.ndarray], poisoned: np.ndarray, cfg: IsolationConfig) -> str:
-    """The poison's share of the fastest and of the largest falls after `cfg.max_epochs` epochs (or every recorded one)."""
+def premise(history: list[np.ndarray], labels: np.ndarray, poisoned: np.ndarray, cfg: IsolationConfig) -> str:
+    """The poison's share of the rule's suspects by each signal (the fastest, the largest falls) after
+    `cfg.max_epochs` epochs (or every recorded one)."""
     if not poisoned.any():
         return "-"
     seen = history[:cfg.max_epochs]
-    count = max(1, round(cfg.ratio * len(poisoned)))
-    fastest = np.argsort(learning_speed(seen, cfg.window), kind="stable")[:count]
-    fell = np.argsort(-loss_drop(seen, cfg.window), kind="stable")[:count]
+    fastest = candidates(learning_speed(seen, cfg.window), labels, cfg.ratio).indices
+    fell = candidates(-loss_drop(seen, cfg.window), labels, cfg.ratio).indices
     return f"{100 * poisoned[fastest].mean():.0f}% / {100 * poisoned[fell].mean():.0f}% (epoch {len(seen)})"
 
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 tally[v]["found"] += result["found"] and result["precision"] > 0
                 tally[v]["false alarms"] += result["found"] and result["precision"] == 0
                 cells.append(cell(result, target))
-            cells.append(premise(history, poisoned, cfg))
+            cells.append(premise(history, labels, poisoned, cfg))  # with the last variant's window
             name = f"{folder.name} {attack} seed {seed}" + (f" (target {target})" if target is not None else "")
             lines.append(f"| {name} | {int(poisoned.sum())} | " + " | ".join(cells) + " |")
     lines += [""] + [f"{v}: {t['found']} of {t['runs']} runs isolated poison, {t['false alarms']} "

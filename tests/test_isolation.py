@@ -188,13 +188,14 @@ def test_the_replays_premise_check_reports_the_poisons_share_of_each_signals_sus
     from benchmarks.isolation_replay import premise
 
     # 100 examples, ratio 0.1 -> 10 suspects. Epoch 2: every loss 1. Epoch 3: examples 0-9 (poison) at 0.01,
-    # examples 10-19 (clean) at 0.001: the clean ones are the fastest, the poison fell as much as they did.
+    # examples 10-19 (clean) at 0.001: the clean ones are the fastest and fell the most.
     second, third = np.ones(100), np.ones(100)
     third[:10], third[10:20] = 0.01, 0.001
     poisoned = np.zeros(100, dtype=bool)
     poisoned[:10] = True
+    labels = np.arange(100) % 10
     cfg = IsolationConfig(**{**CONFIG.__dict__, "ratio": 0.1, "window": 1, "max_epochs": 3})
-    assert premise([np.ones(100), second, third], poisoned, cfg) == "0% / 0% (epoch 3)"
+    assert premise([np.ones(100), second, third], labels, poisoned, cfg) == "0% / 0% (epoch 3)"
     third[10:20] = 0.5  # now the poison is both the fastest and the largest fall
-    assert premise([np.ones(100), second, third], poisoned, cfg) == "100% / 100% (epoch 3)"
-    assert premise([np.ones(100), second, third], np.zeros(100, dtype=bool), cfg) == "-"
+    assert premise([np.ones(100), second, third], labels, poisoned, cfg) == "100% / 100% (epoch 3)"
+    assert premise([np.ones(100), second, third], labels, np.zeros(100, dtype=bool), cfg) == "-"
