@@ -63,7 +63,8 @@ def test_with_learning_speeds_only_examples_with_both_signals_are_unlearned():
 
 CONFIG = UnlearningConfig(expand="features", objective="forget", loss_cap=0.0, lr=0.005, batch_size=64, max_epochs=6,
                           clean_ratio=2.0, same_label_ratio=2.0, stop="isolated_acc", stop_isolated_acc=0.05,
-                          holdout=0.2, max_clean_drop=0.05, max_kept_drop=0.15)
+                          holdout=0.2, max_clean_drop=0.05, max_kept_drop=0.15,
+                          min_kept_lost=2)
 
 
 def backdoored_model(x, y):
@@ -119,6 +120,11 @@ def test_when_no_epoch_is_within_the_cost_the_least_costly_forgotten_epochs_mode
     assert summary["stopped_by"] == "least costly forgotten epoch" and summary["epochs"] == epoch
     assert summary["final_unlearned_acc"] == logged[epoch]["unlearned_acc"]
     assert accuracy_and_loss(model, *subset(x, y, poisoned), CPU)["acc"] <= cfg.stop_isolated_acc
+    # the examples lost, as the guard counts them: the worse-hit held-out group's drop times its size
+    first, kept = logged[0], logged[epoch]
+    label_drop, others_drop = (first[k] - kept[k] for k in ("heldout_label_acc", "heldout_others_acc"))
+    size = summary["heldout_label"] if label_drop >= others_drop else summary["heldout_others"]
+    assert summary["heldout_lost"] == round(max(label_drop, others_drop) * size)
 
 
 def test_the_papers_unlearning_runs_its_fixed_epochs_and_holds_nothing_out():
@@ -157,11 +163,17 @@ def test_when_nothing_was_isolated_both_abl_defenses_return_the_no_defense_model
     assert len(logged) == 2  # one point on each defense's curves: the model it returns
 
 
-@pytest.mark.parametrize("cost, expected", [(0.30, "no_defense"), (0.10, "finetuned")])
+@pytest.mark.parametrize("cost, lost, expected", [
+    (0.30, 3, "no_defense"),  # 3 of 10 held-out examples lost: a false alarm
+    (0.22, 2, "no_defense"),  # 2 of 9 (the demo's BadNets 1% false alarm)
+    (0.10, 5, "finetuned"),   # under max_kept_drop
+    (0.17, 1, "finetuned"),   # 1 of 6: one example of a handful decides nothing (min_kept_lost)
+    (0.50, 1, "finetuned"),   # 1 of 2
+])
 def test_an_unlearning_that_cost_the_held_out_examples_too_much_gives_the_no_defense_model_back(
-        tmp_path, monkeypatch, cost, expected):
+        tmp_path, monkeypatch, cost, lost, expected):
     """Forgetting poison costs the held-out clean examples little; forgetting a class's own examples does not,
-    so past max_kept_drop the isolation is taken for a false alarm."""
+    so past max_kept_drop, on at least min_kept_lost examples, the isolation is taken for a false alarm."""
     from backdoorlab.defenses import abl, defense_class
     from backdoorlab.defenses.base import DefenseJob
     from backdoorlab.defenses.isolation import FINETUNED
@@ -175,9 +187,10 @@ def test_an_unlearning_that_cost_the_held_out_examples_too_much_gives_the_no_def
     save_checkpoint(model_file("badnets", 0, FINETUNED), models["finetuned"].checkpoint())
     save_arrays(isolated_file("badnets", 0), indices=np.arange(10), speed=np.zeros(len(y)))
     monkeypatch.setattr(abl, "unlearn", lambda *args, **kwargs: {
-        "isolated": 10, "epochs": 20, "stopped_by": "least costly forgotten epoch", "heldout_cost": cost})
+        "isolated": 10, "epochs": 20, "stopped_by": "least costly forgotten epoch", "heldout_cost": cost,
+        "heldout_lost": lost})
     knobs = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text())["abl"]
-    assert knobs["max_kept_drop"] == 0.15
+    assert knobs["max_kept_drop"] == 0.15 and knobs["min_kept_lost"] == 2
     model, summary = defense_class("abl")("abl", knobs).defend(
         DefenseJob("badnets", 0, x, y, 8, CPU, TrainOptions(epochs=1, lr=0.1), "convnet", lambda m, s: None))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), models[expected].state_dict().values()))
