@@ -122,9 +122,11 @@ def test_when_no_epoch_is_within_the_cost_the_least_costly_forgotten_epochs_mode
     assert accuracy_and_loss(model, *subset(x, y, poisoned), CPU)["acc"] <= cfg.stop_isolated_acc
     # the examples lost, as the guard counts them: the worse-hit held-out group's drop times its size
     first, kept = logged[0], logged[epoch]
-    label_drop, others_drop = (first[k] - kept[k] for k in ("heldout_label_acc", "heldout_others_acc"))
-    size = summary["heldout_label"] if label_drop >= others_drop else summary["heldout_others"]
-    assert summary["heldout_lost"] == round(max(label_drop, others_drop) * size)
+    for name in ("label", "others"):
+        drop = first[f"heldout_{name}_acc"] - kept[f"heldout_{name}_acc"]
+        group = summary["heldout"][name]
+        assert group["drop"] == drop and group["lost"] == round(drop * group["size"]) and group["size"] > 0
+    assert summary["heldout_cost"] == max(group["drop"] for group in summary["heldout"].values())
 
 
 def test_the_papers_unlearning_runs_its_fixed_epochs_and_holds_nothing_out():
@@ -163,15 +165,16 @@ def test_when_nothing_was_isolated_both_abl_defenses_return_the_no_defense_model
     assert len(logged) == 2  # one point on each defense's curves: the model it returns
 
 
-@pytest.mark.parametrize("cost, lost, expected", [
-    (0.30, 3, "no_defense"),  # 3 of 10 held-out examples lost: a false alarm
-    (0.22, 2, "no_defense"),  # 2 of 9 (the demo's BadNets 1% false alarm)
-    (0.10, 5, "finetuned"),   # under max_kept_drop
-    (0.17, 1, "finetuned"),   # 1 of 6: one example of a handful decides nothing (min_kept_lost)
-    (0.50, 1, "finetuned"),   # 1 of 2
+@pytest.mark.parametrize("label, others, expected", [  # per held-out group: (share lost, examples lost)
+    ((0.30, 3), (0.0, 0), "no_defense"),   # 3 of 10 of the label lost: a false alarm
+    ((0.22, 2), (0.01, 3), "no_defense"),  # 2 of 9 (the demo's BadNets 1% false alarm)
+    ((0.10, 5), (0.01, 3), "finetuned"),   # under max_kept_drop
+    ((0.17, 1), (0.01, 3), "finetuned"),   # 1 of 6: one example of a handful decides nothing (min_kept_lost)
+    ((0.50, 1), (0.0, 0), "finetuned"),    # 1 of 2
+    ((0.25, 1), (0.20, 60), "no_defense"), # the label's 1 of 4 decides nothing, the others' 60 of 300 do
 ])
 def test_an_unlearning_that_cost_the_held_out_examples_too_much_gives_the_no_defense_model_back(
-        tmp_path, monkeypatch, cost, lost, expected):
+        tmp_path, monkeypatch, label, others, expected):
     """Forgetting poison costs the held-out clean examples little; forgetting a class's own examples does not,
     so past max_kept_drop, on at least min_kept_lost examples, the isolation is taken for a false alarm."""
     from backdoorlab.defenses import abl, defense_class
@@ -187,8 +190,10 @@ def test_an_unlearning_that_cost_the_held_out_examples_too_much_gives_the_no_def
     save_checkpoint(model_file("badnets", 0, FINETUNED), models["finetuned"].checkpoint())
     save_arrays(isolated_file("badnets", 0), indices=np.arange(10), speed=np.zeros(len(y)))
     monkeypatch.setattr(abl, "unlearn", lambda *args, **kwargs: {
-        "isolated": 10, "epochs": 20, "stopped_by": "least costly forgotten epoch", "heldout_cost": cost,
-        "heldout_lost": lost})
+        "isolated": 10, "epochs": 20, "stopped_by": "least costly forgotten epoch",
+        "heldout_cost": max(label[0], others[0]),
+        "heldout": {name: {"size": size, "drop": drop, "lost": lost}
+                    for name, size, (drop, lost) in (("label", 10, label), ("others", 300, others))}})
     knobs = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text())["abl"]
     assert knobs["max_kept_drop"] == 0.15 and knobs["min_kept_lost"] == 2
     model, summary = defense_class("abl")("abl", knobs).defend(

@@ -216,21 +216,21 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
 
     anchors, held_label = hold_out(anchors)
     others, held_others = hold_out(others)
-    summary.update(heldout_label=int(len(held_label)), heldout_others=int(len(held_others)))
+    groups = {"label": held_label, "others": held_others}
     before, best = None, None
     for epoch in range(cfg.max_epochs + 1):
         fit_now = accuracy_and_loss(model, *subset(x, y, forget), rt) if len(forget) else {"acc": 0.0, "loss": 0.0}
-        held_now = [accuracy_and_loss(model, *subset(x, y, part), rt)["acc"] if len(part) else 1.0
-                    for part in (held_label, held_others)]
+        held_now = {name: accuracy_and_loss(model, *subset(x, y, part), rt)["acc"] if len(part) else 1.0
+                    for name, part in groups.items()}
         before = before or held_now
-        # (drop, examples lost) per held-out group, the worst drop first
-        drops = sorted(((b - h, round((b - h) * len(part))) for b, h, part in
-                        zip(before, held_now, (held_label, held_others))), reverse=True)
-        cost, lost = drops[0]
+        heldout = {name: {"size": len(part), "drop": before[name] - held_now[name],
+                          "lost": round((before[name] - held_now[name]) * len(part))} for name, part in groups.items()}
+        drops = sorted((group["drop"] for group in heldout.values()), reverse=True)  # worst first
+        cost = drops[0]
         log(model, {"lr": cfg.lr if epoch else 0.0, "unlearned": len(forget), "unlearned_acc": fit_now["acc"],
-                    "unlearned_loss": fit_now["loss"], "heldout_label_acc": held_now[0],
-                    "heldout_others_acc": held_now[1]})
-        summary.update(epochs=epoch, final_unlearned_acc=fit_now["acc"], heldout_cost=cost, heldout_lost=lost)
+                    "unlearned_loss": fit_now["loss"], "heldout_label_acc": held_now["label"],
+                    "heldout_others_acc": held_now["others"]})
+        summary.update(epochs=epoch, final_unlearned_acc=fit_now["acc"], heldout_cost=cost, heldout=heldout)
         if not len(isolated):
             summary["stopped_by"] = "nothing isolated"
             break
@@ -239,7 +239,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
             summary["stopped_by"] = "isolated_acc"
             break
         if forgotten and (best is None or drops < best["drops"]):  # worst drop, then the other
-            best = {"epochs": epoch, "heldout_cost": cost, "heldout_lost": lost,
+            best = {"epochs": epoch, "heldout_cost": cost, "heldout": heldout,
                     "final_unlearned_acc": fit_now["acc"], "drops": drops,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if epoch == cfg.max_epochs:
@@ -295,9 +295,10 @@ class ABL(Defense):
         # on class 0, seed 2: 36 clean zeros isolated, the kept epoch lost 22 points of the held-out zeros,
         # class 0 fell to 33% and the fine-tuned model's ASR was 81%) and the no-defense model is returned.
         # The held-out examples of a label can be a handful (SIG poisons 80% of its label and the expansion
-        # takes most of the rest: 2-6 held out), where one example lost reads 17-50%: a loss of fewer than
-        # min_kept_lost examples is not taken for one (the false alarm above lost 2 of 9).
-        if summary["heldout_cost"] > cfg.max_kept_drop + COST_TOLERANCE and summary["heldout_lost"] >= cfg.min_kept_lost:
+        # takes most of the rest: 2-6 held out), where one example lost reads 17-50%: a group's loss counts
+        # only if it is also at least min_kept_lost examples (the false alarm above lost 2 of 9).
+        if any(group["drop"] > cfg.max_kept_drop + COST_TOLERANCE and group["lost"] >= cfg.min_kept_lost
+               for group in summary["heldout"].values()):
             model = job.rt.prepare(load_model(model_file(job.attack, job.seed, NO_DEFENSE)))
             return model, {**summary, "stopped_by": TOO_COSTLY}
         return model, summary
