@@ -69,6 +69,7 @@ import yaml
 
 from backdoorlab.models import ARCHITECTURES, new_model
 from backdoorlab.runtime import Runtime, cpu_model, measure_cpu_options
+from backdoorlab.storage import save_json
 from backdoorlab.training import TrainOptions, sgd, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,34 +84,54 @@ PLAIN_TRAINING = ("train", "isolate", "defend")  # stages whose training loop is
 
 # ---------------------------------------------------------------- the machine
 
-def cpu_flags() -> set[str]:
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in /proc/cpuinfo (Linux), or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((cpuinfo_field("flags") or "").split())
+
+
+def cpu_family_model() -> str | None:
+    """'25/17' for an AMD EPYC 9004 (Zen 4): virtual machines often name every EPYC just 'AMD EPYC', and
+    two such machines (Zen 3 with AVX2 only, Zen 4 with AVX512_BF16) differed 3x in bf16 speed."""
+    family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
+    return f"{family}/{model}" if family and model else None
 
 
 def machine() -> dict:
     flags = cpu_flags()
     cuda = torch.cuda.is_available()
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cpu_family_model": cpu_family_model(), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
             "bf16_native": bool(flags & {"avx512_bf16", "amx_bf16"}),
             "bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "avx512f"}),
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if cuda else None,
             "device": "cuda" if cuda else "cpu"}
 
 
-def slug(cpu: str, threads: int, gpu: str | None = None) -> str:
-    """A file name for a machine: 'AMD EPYC', 2 -> 'amd-epyc-2t' (a GPU's name goes in front)."""
+def slug(cpu: str, threads: int, gpu: str | None = None, family_model: str | None = None) -> str:
+    """A file name for a machine: 'AMD EPYC', 2, family_model '25/17' -> 'amd-epyc-f25m17-2t' (a GPU's name
+    goes in front)."""
     def clean(name: str) -> str:
         name = re.sub(r"\((r|tm|c)\)|\b(cpu|processor)\b|\d+-core", " ", name.lower())
         return "-".join(re.findall(r"[a-z0-9]+", name))
 
     parts = [clean(gpu)] if gpu else []
-    return "-".join([*parts, clean(cpu) or "unknown-cpu", f"{threads}t"])
+    if family_model:
+        family, _, model = family_model.partition("/")
+        parts.append(f"{clean(cpu) or 'unknown-cpu'}-f{family}m{model}")
+    else:
+        parts.append(clean(cpu) or "unknown-cpu")
+    return "-".join([*parts, f"{threads}t"])
 
 
 def git_state() -> dict:
@@ -426,9 +447,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  kept {tmp}")
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
-    output = args.output or RESULTS / f"{slug(info['cpu'], info['threads'], info['gpu'])}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=1) + "\n")
+    name = slug(info["cpu"], info["threads"], info["gpu"], info["cpu_family_model"])
+    output = args.output or RESULTS / f"{name}.json"
+    save_json(output, report)
     print(f"written: {output}")
     return 0 if ok else 1
 

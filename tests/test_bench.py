@@ -19,6 +19,9 @@ def test_slug_is_a_lowercase_file_name_with_the_thread_count():
     assert slug("AMD EPYC 7B13 64-Core Processor", 16) == "amd-epyc-7b13-16t"
     assert slug("AMD EPYC", 16, gpu="NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3-amd-epyc-16t"
     assert slug("", 1) == "unknown-cpu-1t"
+    # the same 'AMD EPYC' name on a Zen 3 and a Zen 4 machine: the family and model tell them apart
+    assert slug("AMD EPYC", 2, family_model="25/17") == "amd-epyc-f25m17-2t"
+    assert slug("AMD EPYC", 2, family_model="25/1") != slug("AMD EPYC", 2, family_model="25/17")
     for name in ("a/b c", "x\\y:z*?"):
         assert all(ch.isalnum() or ch == "-" for ch in slug(name, 4))
 
