@@ -59,9 +59,57 @@ def test_with_learning_speeds_only_examples_with_both_signals_are_unlearned():
     assert set(np.setdiff1d(poisoned, slow_poison)) <= set(split.forget)
     assert not np.isin(slow_poison, split.forget).any() and not np.isin(slow_poison, split.anchors).any()
 
+class TableFeatures(torch.nn.Module):
+    """A stand-in model whose features are a table row per example: pixels (0, 0) and (0, 1) hold the index."""
+
+    def __init__(self, table: np.ndarray):
+        super().__init__()
+        self.table = torch.as_tensor(table, dtype=torch.float32)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[(x[:, 0, 0, 0] * 255).round().long() * 256 + (x[:, 0, 0, 1] * 255).round().long()]
+
+
+def skewed_label(poison_reach: float, clean_reach: float):
+    """One label's 300 poisoned and 300 clean examples in a 3-feature space: the poison has feature 0, the
+    clean examples feature 2, and both some of feature 1 (think brightness: up to `poison_reach` and
+    `clean_reach`). The 10 isolated are the poison with the most of feature 1, as the isolated 1% are the
+    most extreme poison. Returns (stand-in model, images, labels, poisoned, isolated)."""
+    rng = np.random.default_rng(0)
+    n = 300
+    poison_share, clean_share = rng.uniform(0, poison_reach, n), rng.uniform(0, clean_reach, n)
+    table = np.concatenate([np.stack([np.ones(n), poison_share, np.zeros(n)], 1),
+                            np.stack([np.zeros(n), clean_share, np.ones(n)], 1)])
+    table += rng.normal(0, 0.05, table.shape)
+    index = np.arange(2 * n)
+    x = np.zeros((2 * n, 2, 2, 1), np.uint8)
+    x[:, 0, 0, 0], x[:, 0, 1, 0] = index // 256, index % 256
+    isolated = np.sort(index[np.argsort(-poison_share)[:10]])
+    return TableFeatures(table), torch.from_numpy(x), np.zeros(2 * n, np.int64), index[:n], isolated
+
+
+def test_a_direction_skewed_by_the_isolated_few_is_refined_until_the_split_holds_only_the_poison():
+    """The first direction, from the isolated few to the rest, leans on feature 1 and its split lets clean
+    examples in; taken again from what it found, the direction turns to the feature only the poison has."""
+    model, x, y, poisoned, isolated = skewed_label(poison_reach=2, clean_reach=4)
+    once = expand_in_features(model, x, y, isolated, CPU, rounds=1)
+    refined = expand_in_features(model, x, y, isolated, CPU, rounds=10)
+    assert (~np.isin(once.forget, poisoned)).sum() > 100 and once.separation < 0.7
+    assert np.array_equal(refined.forget, poisoned) and refined.separation > 0.85
+    assert not np.isin(refined.anchors, poisoned).any() and len(refined.anchors) == 150
+
+
+def test_refining_settles_on_the_nearest_split_which_can_be_the_wrong_one():
+    """The limit of 2-means: where feature 1 spreads far wider than feature 0 separates, the refined split
+    is the one along feature 1, and it takes every clean example of the label."""
+    model, x, y, poisoned, isolated = skewed_label(poison_reach=5, clean_reach=8)
+    refined = expand_in_features(model, x, y, isolated, CPU, rounds=10)
+    assert (~np.isin(refined.forget, poisoned)).sum() == 300
+
 # ------------------------------------------------------------------ unlearning and its stop rule
 
-CONFIG = UnlearningConfig(expand="features", objective="forget", loss_cap=0.0, lr=0.005, batch_size=64, max_epochs=6,
+CONFIG = UnlearningConfig(expand="features", expand_rounds=10, objective="forget", loss_cap=0.0, lr=0.005,
+                          batch_size=64, max_epochs=6,
                           clean_ratio=2.0, same_label_ratio=2.0, stop="isolated_acc", stop_isolated_acc=0.05,
                           holdout=0.2, max_clean_drop=0.05, max_kept_drop=0.15,
                           min_kept_lost=2)
