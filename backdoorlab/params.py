@@ -144,6 +144,7 @@ SCHEMA: dict[str, Spec] = {
     "isolate.min_gap": number(0.0),
     "isolate.finetune_epochs": integer(0),
     "isolate.finetune_lr": number(0.0, lo_open=True),
+    "isolate.holdout": rate(),
 }
 
 # The knobs every stage that trains a model shares with `train` (model, optimiser, augmentation, precision).

@@ -5,15 +5,18 @@ examples it learns suspiciously fast, or that fall from hard to fitted together
 (`isolate.selection`: adaptive, this project's default, or lowest, the paper's lowest
 `isolate.ratio`), then keeps training the same
 model on everything not isolated (`isolate.finetune_*`, with the training
-augmentation and a cosine schedule). Both ABL defenses start from that model.
+augmentation and a cosine schedule) but a random `isolate.holdout` share, which the
+unlearning scores to measure its cost on examples the model has not fitted. Both ABL
+defenses start from that model.
 Precision and recall are computed against the true poison indices for the metrics
 only; the isolation itself never sees them.
 
 Reads   data/dataset.npz, data/poisoned/<attack>/ ; params train.{arch,batch_size,momentum,weight_decay,
         augment,precision}, isolate.*
 Writes  models/<attack>/seed<k>/finetuned.pt          the model the unlearning starts from
-        data/isolated/<attack>/seed<k>.npz           isolated indices, every example's loss and learning speed,
-                                                     and its loss per isolation epoch (history)
+        data/isolated/<attack>/seed<k>.npz           isolated indices, the fine-tuning's held-out indices, every
+                                                     example's loss and learning speed, and its loss per
+                                                     isolation epoch (history)
         metrics/isolation/<attack>/seed<k>.json      found or not, when it stopped, by which signal, the suspect
                                                      label and its share of the suspects, how many isolated,
                                                      precision, recall
@@ -27,7 +30,7 @@ import numpy as np
 from backdoorlab import params
 from backdoorlab.artifacts import check_model_name, test_sets, training_set
 from backdoorlab.curves import Curves
-from backdoorlab.defenses.isolation import FINETUNED, IsolationConfig, isolate
+from backdoorlab.defenses.isolation import FINETUNED, IsolationConfig, finetune_holdout, isolate
 from backdoorlab.gallery import loss_histogram
 from backdoorlab.layout import isolated_file, isolation_metrics, isolation_plot, log_dir, model_file
 from backdoorlab.metrics import isolation_precision_recall
@@ -40,7 +43,7 @@ from backdoorlab.training import TrainOptions, fit, subset
 PARAMS = params.MODEL_KEYS + ["isolate.max_epochs", "isolate.lr", "isolate.gamma", "isolate.lga",
                               "isolate.augment", "isolate.selection", "isolate.ratio", "isolate.min_concentration",
                               "isolate.window", "isolate.drop", "isolate.min_gap", "isolate.finetune_epochs",
-                              "isolate.finetune_lr"]
+                              "isolate.finetune_lr", "isolate.holdout"]
 MONITOR_SIZE = 1000
 
 
@@ -61,7 +64,8 @@ def main(args) -> None:
 
     with Curves(log_dir("isolate", attack, args.seed)) as curves, phase("training"):
         found = isolate(model, x, y, rt, opts, cfg, logger(curves))
-    rest = np.setdiff1d(np.arange(len(data.y)), found.indices)
+    held_out = finetune_holdout(len(data.y), found.indices, p["isolate.holdout"], args.seed)
+    rest = np.setdiff1d(np.arange(len(data.y)), np.union1d(found.indices, held_out))
     if p["isolate.finetune_epochs"]:
         with Curves(log_dir("finetune", attack, args.seed)) as curves, phase("training"):
             xr, yr = subset(x, y, rest)
@@ -77,13 +81,14 @@ def main(args) -> None:
                "signal": cand.signal, "suspect_label": cand.label, "concentration": cand.concentration,
                "gap_decades": cand.gap,
                "isolated": int(len(found.indices)), "isolated_share": len(found.indices) / len(data.y),
+               "held_out_of_finetuning": int(len(held_out)),
                "poisoned": int(poisoned.sum()), "precision": precision if found.indices.size else None,
                "recall": recall if poisoned.any() else None,
                "mean_loss_poisoned": float(found.losses[poisoned].mean()) if poisoned.any() else None,
                "mean_loss_clean": float(found.losses[~poisoned].mean())}
     save_checkpoint(model_file(attack, args.seed, FINETUNED),
                     model.checkpoint(trained_on=attack, seed=args.seed, isolated=int(len(found.indices))))
-    save_arrays(isolated_file(attack, args.seed), indices=found.indices, losses=found.losses, speed=found.speed,
+    save_arrays(isolated_file(attack, args.seed), indices=found.indices, holdout=held_out, losses=found.losses, speed=found.speed,
                 history=found.history)
     save_json(isolation_metrics(attack, args.seed), summary)
     with phase("pictures"):

@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from backdoorlab.defenses.isolation import (DROP_FROM, IsolationConfig, candidates, decide, isolate, learning_speed,
-                                            loss_drop)
+from backdoorlab.defenses.isolation import (DROP_FROM, IsolationConfig, candidates, decide, finetune_holdout, isolate,
+                                            learning_speed, loss_drop)
 from backdoorlab.models import new_model
 from backdoorlab.runtime import Runtime
 from backdoorlab.training import TrainOptions
@@ -199,3 +199,12 @@ def test_the_replays_premise_check_reports_the_poisons_share_of_each_signals_sus
     third[10:20] = 0.5  # now the poison is both the fastest and the largest fall
     assert premise([np.ones(100), second, third], labels, poisoned, cfg) == "100% / 100% (epoch 3)"
     assert premise([np.ones(100), second, third], labels, np.zeros(100, dtype=bool), cfg) == "-"
+
+
+def test_the_fine_tuning_holds_out_a_random_share_of_the_examples_not_isolated_drawn_per_seed():
+    isolated = np.arange(0, 1000, 50)
+    held = finetune_holdout(1000, isolated, 0.1, seed=0)
+    assert len(held) == 98 and not np.isin(held, isolated).any() and np.all(np.diff(held) > 0)
+    assert np.array_equal(held, finetune_holdout(1000, isolated, 0.1, seed=0))
+    assert not np.array_equal(held, finetune_holdout(1000, isolated, 0.1, seed=1))
+    assert len(finetune_holdout(1000, isolated, 0.0, seed=0)) == 0

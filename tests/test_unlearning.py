@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from backdoorlab.defenses.abl import UnlearningConfig, expand_in_features, otsu_split, unlearn
+from backdoorlab.defenses.isolation import finetune_holdout
 from backdoorlab.models import new_model
 from backdoorlab.training import TrainOptions, accuracy_and_loss, fit, subset
 from test_isolation import CPU, images  # the same synthetic task with a planted backdoor
@@ -111,7 +112,7 @@ def test_refining_settles_on_the_nearest_split_which_can_be_the_wrong_one():
 CONFIG = UnlearningConfig(expand="features", expand_rounds=10, objective="forget", loss_cap=0.0, lr=0.005,
                           batch_size=64, max_epochs=6,
                           clean_ratio=2.0, same_label_ratio=2.0, stop="isolated_acc", stop_isolated_acc=0.05,
-                          holdout=0.2, max_clean_drop=0.05, max_kept_drop=0.15,
+                          max_clean_drop=0.05, max_kept_drop=0.15,
                           min_kept_lost=2)
 
 
@@ -121,11 +122,15 @@ def backdoored_model(x, y):
     return model
 
 
-def run_unlearning(cfg: UnlearningConfig):
+def run_unlearning(cfg: UnlearningConfig, holdout: float = 0.2):
+    """Unlearning 20 isolated poisoned examples of 200 from a model trained without a `holdout` share of the
+    rest, as the isolate stage holds it out of the fine-tuning."""
     x, y, poisoned = images(2000, seed=0, poison_rate=0.1)
-    model = backdoored_model(x, y)
+    isolated = np.sort(poisoned[:20])
+    held_out = finetune_holdout(len(y), isolated, holdout, seed=0)
+    model = backdoored_model(*subset(x, y, np.setdiff1d(np.arange(len(y)), held_out)))
     logged = []
-    summary = unlearn(model, x, y, np.sort(poisoned[:20]), CPU, TrainOptions(epochs=1, lr=0.01, seed=0), cfg,
+    summary = unlearn(model, x, y, isolated, held_out, CPU, TrainOptions(epochs=1, lr=0.01, seed=0), cfg,
                       lambda m, stats: logged.append(stats))
     return model, summary, logged, (x, y, poisoned)
 
@@ -177,9 +182,25 @@ def test_when_no_epoch_is_within_the_cost_the_least_costly_forgotten_epochs_mode
     assert summary["heldout_cost"] == max(group["drop"] for group in summary["heldout"].values())
 
 
-def test_the_papers_unlearning_runs_its_fixed_epochs_and_holds_nothing_out():
-    cfg = dataclasses.replace(CONFIG, expand="none", objective="ascent", stop="none", holdout=0.0, max_epochs=2)
-    _, summary, logged, _ = run_unlearning(cfg)
+def test_the_clean_examples_it_learns_are_never_the_held_out_ones_it_measures(monkeypatch):
+    import backdoorlab.defenses.abl as abl
+
+    chosen = []  # every index set the unlearning takes from the training set, to score or to train on
+    monkeypatch.setattr(abl, "subset", lambda x, y, indices: chosen.append(indices) or subset(x, y, indices))
+    _, summary, _, (x, y, poisoned) = run_unlearning(CONFIG)
+    held_out = finetune_holdout(len(y), np.sort(poisoned[:20]), 0.2, seed=0)
+    forget = chosen[0]  # the first scoring: the unlearned examples
+    trained = [c for c in chosen if len(c) > len(forget) and np.array_equal(c[:len(forget)], forget)]
+    assert len(trained) == summary["epochs"] > 0
+    for batch in trained:  # unlearned examples may be held out (they are not measured); learned ones never
+        assert not np.isin(batch[len(forget):], held_out).any()
+    sizes = {name: group["size"] for name, group in summary["heldout"].items()}
+    assert 0 < sizes["label"] < sizes["others"] and sum(sizes.values()) <= len(held_out)
+
+
+def test_the_papers_unlearning_runs_its_fixed_epochs():
+    cfg = dataclasses.replace(CONFIG, expand="none", objective="ascent", stop="none", max_epochs=2)
+    _, summary, logged, _ = run_unlearning(cfg, holdout=0.0)
     assert summary["epochs"] == 2 and summary["stopped_by"] == "max_epochs" and len(logged) == 3
     assert all(s["heldout_label_acc"] == 1.0 and s["heldout_others_acc"] == 1.0 for s in logged)  # empty: nothing held
 
@@ -200,7 +221,8 @@ def test_when_nothing_was_isolated_both_abl_defenses_return_the_no_defense_model
     no_defense, finetuned = (new_model("convnet", x.numpy(), 8, seed) for seed in (1, 2))
     save_checkpoint(model_file("badnets", 0), no_defense.checkpoint())
     save_checkpoint(model_file("badnets", 0, FINETUNED), finetuned.checkpoint())
-    save_arrays(isolated_file("badnets", 0), indices=np.zeros(0, dtype=np.int64), speed=np.zeros(len(y)))
+    save_arrays(isolated_file("badnets", 0), indices=np.zeros(0, dtype=np.int64), holdout=np.arange(20),
+                speed=np.zeros(len(y)))
     logged = []
     job = DefenseJob("badnets", 0, x, y, 8, CPU, TrainOptions(epochs=1, lr=0.1), "convnet",
                      lambda model, stats: logged.append(stats))
@@ -236,7 +258,8 @@ def test_an_unlearning_that_cost_the_held_out_examples_too_much_gives_the_no_def
     models = {"no_defense": new_model("convnet", x.numpy(), 8, 1), "finetuned": new_model("convnet", x.numpy(), 8, 2)}
     save_checkpoint(model_file("badnets", 0), models["no_defense"].checkpoint())
     save_checkpoint(model_file("badnets", 0, FINETUNED), models["finetuned"].checkpoint())
-    save_arrays(isolated_file("badnets", 0), indices=np.arange(10), speed=np.zeros(len(y)))
+    save_arrays(isolated_file("badnets", 0), indices=np.arange(10), holdout=np.arange(10, 30),
+                speed=np.zeros(len(y)))
     monkeypatch.setattr(abl, "unlearn", lambda *args, **kwargs: {
         "isolated": 10, "epochs": 20, "stopped_by": "least costly forgotten epoch",
         "heldout_cost": max(label[0], others[0]),
