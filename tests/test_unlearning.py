@@ -194,6 +194,8 @@ def test_the_clean_examples_it_learns_are_never_the_held_out_ones_it_measures(mo
     assert len(trained) == summary["epochs"] > 0
     for batch in trained:  # unlearned examples may be held out (they are not measured); learned ones never
         assert not np.isin(batch[len(forget):], held_out).any()
+    measured = [c for c in chosen if not np.array_equal(c, forget) and not any(c is t for t in trained)]
+    assert measured and all(np.isin(c, held_out).all() for c in measured)  # the cost is read on held-out ones only
     sizes = {name: group["size"] for name, group in summary["heldout"].items()}
     assert 0 < sizes["label"] < sizes["others"] and sum(sizes.values()) <= len(held_out)
 
