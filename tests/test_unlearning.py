@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from backdoorlab.defenses.abl import UnlearningConfig, expand_in_features, otsu_split, unlearn
+from backdoorlab.defenses.abl import UnlearningConfig, expand_in_features, heldout_cost, otsu_split, unlearn
 from backdoorlab.defenses.isolation import finetune_holdout
 from backdoorlab.models import new_model
 from backdoorlab.training import TrainOptions, accuracy_and_loss, fit, subset
@@ -112,7 +112,7 @@ def test_refining_settles_on_the_nearest_split_which_can_be_the_wrong_one():
 CONFIG = UnlearningConfig(expand="features", expand_rounds=10, objective="forget", loss_cap=0.0, lr=0.005,
                           batch_size=64, max_epochs=6,
                           clean_ratio=2.0, same_label_ratio=2.0, stop="isolated_acc", stop_isolated_acc=0.05,
-                          max_clean_drop=0.05, max_kept_drop=0.15,
+                          max_clean_drop=0.05, class_drop_se=2.0, max_kept_drop=0.15,
                           min_kept_lost=2)
 
 
@@ -136,17 +136,37 @@ def run_unlearning(cfg: UnlearningConfig, holdout: float = 0.2):
 
 
 def chosen_epoch(logged: list[dict], cfg: UnlearningConfig) -> int:
-    """The rule, read off the per-epoch log: the first epoch with the unlearned examples forgotten and the
-    held-out examples within max_clean_drop of epoch 0 (up to float32 rounding); else the forgotten epoch
-    that cost least (the worse of the two drops, then the other, then the earliest); else the last."""
-    first = logged[0]
-    drops = [sorted([first["heldout_label_acc"] - s["heldout_label_acc"],
-                     first["heldout_others_acc"] - s["heldout_others_acc"]], reverse=True) for s in logged]
+    """The rule, read off the per-epoch log: the first epoch with the unlearned examples forgotten and no
+    held-out group over its allowance (up to float32 rounding); else the forgotten epoch least over it (the
+    earliest of equals); else the last."""
     forgotten = [e for e, s in enumerate(logged) if s["unlearned_acc"] <= cfg.stop_isolated_acc]
-    within = [e for e in forgotten if drops[e][0] <= cfg.max_clean_drop + 1e-6]
+    within = [e for e in forgotten if logged[e]["heldout_over_allowance"] <= 1e-6]
     if within:
         return within[0]
-    return min(forgotten, key=lambda e: (drops[e], e)) if forgotten else len(logged) - 1
+    return min(forgotten, key=lambda e: (logged[e]["heldout_over_allowance"], e)) if forgotten else len(logged) - 1
+
+
+def test_each_other_label_is_allowed_its_own_noise_and_a_neighbour_paying_for_the_unlearning_is_seen():
+    """Nine other labels of 100 held-out examples each, 80 right before. One losing 20 is over its allowance
+    (max_clean_drop plus two standard errors, about 10 points) although the others together lost less than
+    max_clean_drop; one losing 4 is within it, where the two aggregate groups keep max_clean_drop itself."""
+    cfg = dataclasses.replace(CONFIG, max_clean_drop=0.02, class_drop_se=2.0)
+    sizes = {"label": 50, "others": 900, **{f"class {c}": 100 for c in range(1, 10)}}
+    before = {"label": 40, "others": 720, **{f"class {c}": 80 for c in range(1, 10)}}
+    neighbour_pays = {**before, "others": 705, "class 8": 60, "class 1": 85}
+    over, account = heldout_cost(before, neighbour_pays, sizes, cfg)
+    assert account["others"]["drop"] == pytest.approx(15 / 900) and 15 / 900 < cfg.max_clean_drop
+    assert account["class 8"]["allowed"] == pytest.approx(0.02 + 2 * np.sqrt(81 / 102 * 21 / 102 / 100))
+    assert over == pytest.approx(0.20 - account["class 8"]["allowed"]) and over > 0.09
+    noise = {**before, "others": 716, "class 8": 76}
+    assert heldout_cost(before, noise, sizes, cfg)[0] <= 0
+    assert heldout_cost(before, noise, sizes, dataclasses.replace(cfg, class_drop_se=0.0))[0] == \
+        pytest.approx(0.04 - 0.02)  # with no allowance for noise a class is held to max_clean_drop
+    label_lost = {**before, "label": 38}  # the label is one group already: max_clean_drop, no more
+    assert heldout_cost(before, label_lost, sizes, cfg)[0] == pytest.approx(0.04 - 0.02)
+    handful = {"label": 0, "others": 5, "class 3": 5}  # five held out, all right: one lost reads 20% ...
+    over, account = heldout_cost(handful, {**handful, "class 3": 4}, handful, cfg)
+    assert account["class 3"]["drop"] == pytest.approx(0.2) and over <= 0  # ... within two errors of 5
 
 
 def test_unlearning_removes_the_backdoor_and_keeps_the_clean_task():
@@ -178,8 +198,10 @@ def test_when_no_epoch_is_within_the_cost_the_least_costly_forgotten_epochs_mode
     for name in ("label", "others"):
         drop = first[f"heldout_{name}_acc"] - kept[f"heldout_{name}_acc"]
         group = summary["heldout"][name]
-        assert group["drop"] == drop and group["lost"] == round(drop * group["size"]) and group["size"] > 0
+        assert group["drop"] == pytest.approx(drop) and group["lost"] == round(drop * group["size"]) > -group["size"]
     assert summary["heldout_cost"] == max(group["drop"] for group in summary["heldout"].values())
+    assert summary["heldout_over_allowance"] == kept["heldout_over_allowance"] > 0
+    assert set(summary["heldout_classes"]) == {f"class {c}" for c in range(8)} - {f"class {y[poisoned[0]].item()}"}
 
 
 def test_the_clean_examples_it_learns_are_never_the_held_out_ones_it_measures(monkeypatch):
@@ -198,6 +220,8 @@ def test_the_clean_examples_it_learns_are_never_the_held_out_ones_it_measures(mo
     assert measured and all(np.isin(c, held_out).all() for c in measured)  # the cost is read on held-out ones only
     sizes = {name: group["size"] for name, group in summary["heldout"].items()}
     assert 0 < sizes["label"] < sizes["others"] and sum(sizes.values()) <= len(held_out)
+    classes = {name: group["size"] for name, group in summary["heldout_classes"].items()}
+    assert sum(classes.values()) == sizes["others"] and len(classes) == 7  # each other label on its own
 
 
 def test_the_papers_unlearning_runs_its_fixed_epochs():
