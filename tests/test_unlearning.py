@@ -49,6 +49,15 @@ def test_expansion_brings_in_the_poison_isolation_left_behind_and_anchors_on_cle
 
 
 
+def test_isolated_strays_of_another_label_are_not_unlearned():
+    """A backdoor has one target: the expansion unlearns only the label most of the isolated examples have."""
+    x, y, poisoned = images(2000, seed=0, poison_rate=0.05)
+    strays = np.flatnonzero(y.numpy() == 3)[:2]  # clean threes the isolation took with the poison
+    isolated = np.sort(np.concatenate([poisoned[:20], strays]))
+    split = expand_in_features(PatchFeatures(), x, y.numpy(), isolated, CPU)
+    assert (y.numpy()[split.forget] == 0).all() and not np.isin(strays, split.forget).any()
+    assert np.isin(poisoned, split.forget).mean() >= 0.95
+
 def test_with_learning_speeds_only_examples_with_both_signals_are_unlearned():
     x, y, poisoned = images(2000, seed=0, poison_rate=0.05)
     isolated = np.sort(poisoned[:20])
@@ -223,6 +232,27 @@ def test_the_clean_examples_it_learns_are_never_the_held_out_ones_it_measures(mo
     classes = {name: group["size"] for name, group in summary["heldout_classes"].items()}
     assert sum(classes.values()) == sizes["others"] and len(classes) == 7  # each other label on its own
 
+
+def test_the_label_of_isolated_strays_is_learned_alongside_and_measured_like_every_other(monkeypatch):
+    """Isolated examples of a second label leave that label among the clean ones: its examples are learned
+    during the unlearning and its held-out ones read on their own, the strays themselves never unlearned."""
+    import backdoorlab.defenses.abl as abl
+
+    x, y, poisoned = images(2000, seed=0, poison_rate=0.1)
+    strays = np.flatnonzero(y.numpy() == 3)[:2]
+    isolated = np.sort(np.concatenate([poisoned[:20], strays]))
+    held_out = finetune_holdout(len(y), isolated, 0.2, seed=0)
+    model = backdoored_model(*subset(x, y, np.setdiff1d(np.arange(len(y)), held_out)))
+    chosen = []
+    monkeypatch.setattr(abl, "subset", lambda x, y, indices: chosen.append(indices) or subset(x, y, indices))
+    summary = unlearn(model, x, y, isolated, held_out, CPU, TrainOptions(epochs=1, lr=0.01, seed=0), CONFIG,
+                      lambda m, stats: None)
+    forget = chosen[0]
+    assert not np.isin(strays, forget).any() and (y.numpy()[forget] == 0).all()
+    assert "class 3" in summary["heldout_classes"] and summary["heldout_classes"]["class 3"]["size"] > 0
+    learned = np.concatenate([c[len(forget):] for c in chosen if len(c) > len(forget)
+                              and np.array_equal(c[:len(forget)], forget)])
+    assert (y.numpy()[learned] == 3).any() and not np.isin(strays, learned).any()
 
 def test_the_papers_unlearning_runs_its_fixed_epochs():
     cfg = dataclasses.replace(CONFIG, expand="none", objective="ascent", stop="none", max_epochs=2)
