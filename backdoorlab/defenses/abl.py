@@ -63,10 +63,9 @@ This project's ABL (entry `abl`, the default), every choice made on training dat
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-
-import math
 
 import numpy as np
 import torch
@@ -253,8 +252,6 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
     gen = torch.Generator(device=rt.device).manual_seed(opts.seed)
     optimizer = sgd(model, opts)
     labels = y.cpu().numpy()
-    suspect = np.isin(labels, labels[isolated]) if len(isolated) else np.zeros(len(labels), dtype=bool)
-    others = np.flatnonzero(~suspect)
     loss_fn = unlearning_loss(cfg.objective, cfg.loss_cap)
     summary = {"isolated": int(len(isolated)), "epochs": 0, "stopped_by": "max_epochs"}
     if len(isolated) and cfg.expand == "features":
@@ -266,8 +263,10 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
         # classes lost 9 and 10 points of test accuracy while every measured class held).
         others = np.setdiff1d(np.flatnonzero(labels != labels[forget[0]]), isolated)
         summary.update(unlearned=int(len(forget)), feature_separation=split.separation)
-    else:
+    else:  # every label among the isolated is suspect: none of its examples is learned alongside
+        suspect = np.isin(labels, labels[isolated])
         forget, anchors = isolated, np.setdiff1d(np.flatnonzero(suspect), isolated)
+        others = np.flatnonzero(~suspect)
         summary["unlearned"] = int(len(forget))
 
     def hold_out(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
