@@ -3,6 +3,7 @@
     python -m benchmarks.isolation_replay demo --windows 0 1 2 3
     python -m benchmarks.isolation_replay sweep-a sweep-b --windows 0 2 --output replay.md
     python -m benchmarks.isolation_replay demo --windows 3 --drop off on   # the loss-drop signal's effect
+    python -m benchmarks.isolation_replay demo --windows 3 --max-epochs 20 --persist 2   # two what-ifs
 
 Every isolate stage saves each example's loss per isolation epoch (`history` in
 data/isolated/<attack>/seed<k>.npz). This replays on it, epoch by epoch, the rule of
@@ -72,16 +73,21 @@ def runs(folder: Path):
         yield attack, seed, list(arrays["history"]), labels, mask, target
 
 
-def replay(history: list[np.ndarray], labels: np.ndarray, poisoned: np.ndarray, cfg: IsolationConfig) -> dict:
+def replay(history: list[np.ndarray], labels: np.ndarray, poisoned: np.ndarray, cfg: IsolationConfig,
+           persist: int = 1) -> dict:
     """The rule's decision as the isolation would have taken it, how it scores, and the concentration per epoch
-    had it gone on."""
-    result, curve = None, []
+    had it gone on. With `persist` > 1, a what-if the isolation does not implement: a decision counts only once
+    the rule has named the same label in `persist` consecutive epochs (a backdoor, once learned, stays learned;
+    a clean class's dip under LGA is often one epoch long)."""
+    result, curve, streak, named = None, [], 0, None
     history = history[:cfg.max_epochs]
     for epoch in range(1, len(history) + 1):
         decision = decide(history[:epoch], labels, cfg)
         cand, found = decision.candidates, decision.found
         curve.append(max(decision.shares.values()))
-        if found and result is None:
+        streak = streak + 1 if found and cand.label == named else int(found)
+        named = cand.label if found else None
+        if found and streak >= persist and result is None:
             chosen = cand.indices[labels[cand.indices] == cand.label]
             result = {"found": True, "epoch": epoch, "signal": cand.signal, "label": cand.label, "isolated": len(chosen),
                       "precision": float(poisoned[chosen].mean())}
@@ -142,11 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, metavar="N",
                         help="isolate.max_epochs for every folder: decide on the first N recorded epochs only "
                              "(default: each folder's own)")
+    parser.add_argument("--persist", type=int, default=1, metavar="N",
+                        help="what-if: count a decision only once the same label was named in N consecutive "
+                             "epochs (default 1: the isolation's own rule)")
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--plot", type=Path, help="also draw the concentration curves (png) here")
     args = parser.parse_args(argv)
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.exit(2, "--max-epochs: an integer >= 1\n")
+    if args.persist < 1:
+        parser.exit(2, "--persist: an integer >= 1\n")
     if any(w < 0 for w in args.windows):
         parser.exit(2, "--windows: integers >= 0 (0: every epoch from the second)\n")
     variants = {f"window {w}" + ("" if d == "off" else " + drop"): (w, d == "on")
@@ -164,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             for v, (w, drop) in variants.items():
                 cfg = config(folder, w, drop, args.min_gap, args.max_epochs)
                 threshold = cfg.min_concentration
-                result = replay(history, labels, poisoned, cfg)
+                result = replay(history, labels, poisoned, cfg, args.persist)
                 curves[v].append((f"{folder.name} {attack} {seed}", result["curve"], bool(poisoned.any())))
                 tally[v]["runs"] += 1
                 tally[v]["found"] += result["found"] and result["precision"] > 0

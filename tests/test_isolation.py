@@ -184,6 +184,27 @@ def test_replaying_the_saved_history_takes_the_isolations_own_decision():
     assert again["precision"] == np.isin(found.indices, poisoned).mean()
 
 
+def test_the_replays_persistence_what_if_skips_a_label_named_for_one_epoch_only():
+    from benchmarks.isolation_replay import replay
+
+    # 200 examples, 20 per label, ratio 0.05 -> 10 suspects. Epoch 2: ten clean threes are the fastest;
+    # epochs 3 and 4: ten poisoned zeros are.
+    labels = np.arange(200) % 10
+    threes, zeros = np.flatnonzero(labels == 3)[:10], np.flatnonzero(labels == 0)[:10]
+    poisoned = np.zeros(200, dtype=bool)
+    poisoned[zeros] = True
+    history = [np.ones(200) for _ in range(4)]
+    history[1][threes] = 1e-3
+    history[2][zeros] = history[3][zeros] = 1e-3
+    cfg = IsolationConfig(**{**CONFIG.__dict__, "ratio": 0.05, "window": 1, "drop": False, "min_gap": 0.5,
+                             "max_epochs": 4})
+    once = replay(history, labels, poisoned, cfg)
+    assert once["found"] and once["epoch"] == 2 and once["label"] == 3 and once["precision"] == 0.0
+    twice = replay(history, labels, poisoned, cfg, persist=2)
+    assert twice["found"] and twice["epoch"] == 4 and twice["label"] == 0 and twice["precision"] == 1.0
+    assert not replay(history[:3], labels, poisoned, cfg, persist=2)["found"]
+
+
 def test_the_replays_premise_check_reports_the_poisons_share_of_each_signals_suspects():
     from benchmarks.isolation_replay import premise
 
