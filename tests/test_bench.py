@@ -108,3 +108,13 @@ def test_help_describes_the_pipeline():
     for words in ("pipeline", "--skip-pipeline", "--config", "--targets", "--seeds", "--no-worker", "--output",
                   "BACKDOORLAB_TIMINGS", "benchmarks/results"):
         assert words in done.stdout
+
+
+def test_the_reference_timing_refuses_a_folder_that_is_not_the_reference_code(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.reference_abl", "run", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "not a checkout of bboylyg/ABL" in done.stderr
+    (tmp_path / "backdoor_isolation.py").write_text("")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.reference_abl", "run", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "no converted data" in done.stderr
