@@ -25,7 +25,8 @@ flags); its top-k accuracy (newer torch refuses a `view` it takes; `reshape` her
 its save_checkpoint (it joins a path onto the integer `--save` flag; the isolation
 model is written once, after the last LGA epoch, where the unlearning script reads
 it); the isolation files' names (written as `_isolation..._examples.npy`, read as
-`-isolation...-examples.npy`).
+`-isolation...-examples.npy`); its np.save of a list of (image, label) pairs (newer numpy
+refuses the ragged list; the (n, 2) object array older numpy made is written instead).
 """
 from __future__ import annotations
 
@@ -73,6 +74,23 @@ def accuracy(output, target, topk=(1,)):
     return [correct[:k].reshape(-1).float().sum(0).mul_(100.0 / target.size(0)) for k in topk]
 
 
+class _ObjectListSaving:
+    """numpy as the reference's isolation sees it: np.save of a list of (image, label) pairs makes the (n, 2)
+    object array older numpy made by itself (newer numpy refuses the ragged list)."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def save(path, items, *args, **kwargs):
+        if isinstance(items, list):
+            pairs = np.empty((len(items), 2), dtype=object)
+            for i, (image, label) in enumerate(items):
+                pairs[i, 0], pairs[i, 1] = image, label
+            items = pairs
+        return np.save(path, items, *args, **kwargs)
+
+
 def run(abl: Path, phases: list[str], nodefense_epochs: int) -> None:
     os.chdir(abl)
     sys.path.insert(0, str(abl))
@@ -92,6 +110,7 @@ def run(abl: Path, phases: list[str], nodefense_epochs: int) -> None:
     from torchvision import transforms
 
     isolation.accuracy = unlearning.accuracy = accuracy
+    isolation.np = _ObjectListSaving()
     for folder in ("weight", "isolation_data", "logs"):
         os.makedirs(folder, exist_ok=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
