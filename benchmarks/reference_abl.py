@@ -101,6 +101,8 @@ def run(abl: Path, phases: list[str], nodefense_epochs: int) -> None:
     datasets.CIFAR10._check_integrity = lambda self: True
     datasets.CIFAR10.download = lambda self: None
     cifar.check_integrity = lambda *args, **kwargs: True
+    from backdoorlab.runtime import cpu_model
+
     import backdoor_isolation as isolation  # the reference code's modules, from its folder
     import backdoor_unlearning as unlearning
     from config import get_arguments
@@ -113,7 +115,7 @@ def run(abl: Path, phases: list[str], nodefense_epochs: int) -> None:
     isolation.np = _ObjectListSaving()
     for folder in ("weight", "isolation_data", "logs"):
         os.makedirs(folder, exist_ok=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = cpu_model()
 
     def report(phase: str, seconds: float) -> None:
         print(json.dumps({"phase": phase, "seconds": round(seconds, 1), "cpu": cpu, "threads": torch.get_num_threads(),
