@@ -161,11 +161,12 @@ def run(abl: Path, phases: list[str], nodefense_epochs: int) -> None:
         loader = DataLoader(DatasetBD(opt, full_dataset=trainset, inject_portion=opt.inject_portion,
                                       transform=augment, mode="train"), batch_size=opt.batch_size, shuffle=True)
         clean, bad = get_test_loader(opt)
+        criterion = torch.nn.CrossEntropyLoss()
         start = time.perf_counter()
         for epoch in range(nodefense_epochs):
             unlearning.learning_rate_finetuning(optimizer, epoch, opt)
-            unlearning.train_step_finetuing(opt, loader, model, optimizer, torch.nn.CrossEntropyLoss(), epoch + 1)
-            unlearning.test(opt, clean, bad, model, torch.nn.CrossEntropyLoss(), epoch + 1)
+            unlearning.train_step_finetuing(opt, loader, model, optimizer, criterion, epoch + 1)
+            unlearning.test(opt, clean, bad, model, criterion, epoch + 1)
         report(f"no defense: {nodefense_epochs} epochs, each evaluated", time.perf_counter() - start)
 
 
