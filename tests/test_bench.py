@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from backdoorlab.runtime import Runtime
 from benchmarks.bench import ROOT, aggregate, edit_params, slug, stage_model, stage_row
+from benchmarks.isolation_confirm import persistence
 
 
 def test_slug_is_a_lowercase_file_name_with_the_thread_count():
@@ -118,3 +122,35 @@ def test_the_reference_timing_refuses_a_folder_that_is_not_the_reference_code(tm
     done = subprocess.run([sys.executable, "-m", "benchmarks.reference_abl", "run", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "no converted data" in done.stderr
+
+
+class CornerTrigger(torch.nn.Module):
+    """A backdoored model in one line: class 1 when the top-left pixel is white, else class 0."""
+
+    def forward(self, x):
+        on = (x[:, 0, 0, 0] > 0.9).float()
+        return torch.stack([1 - on, on], 1)
+
+
+def test_superimposition_keeps_a_full_strength_trigger_under_the_clipped_sum_and_halves_it_under_the_mean():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 100, size=(15, 4, 4, 1), dtype=np.uint8)
+    x[:5, 0, 0, 0] = 255  # five triggered examples, labelled 1
+    x[5:, 0, 0, 0] = 0
+    y = np.array([1] * 5 + [0] * 10)
+    rt = Runtime(torch.device("cpu"), None, False)
+    xt = torch.from_numpy(x)
+    triggered, clean = np.arange(5), np.arange(5, 15)
+    assert persistence(CornerTrigger(), xt, y, triggered, 1, rt, 4, 0.0, rng) == 1.0
+    assert persistence(CornerTrigger(), xt, y, triggered, 1, rt, 4, 0.5, rng) == 0.0
+    # a clean example blended with triggered partners (the only other label) takes their label
+    assert persistence(CornerTrigger(), xt, y, clean, 0, rt, 4, 0.0, rng) == 0.0
+
+
+def test_the_superimposition_probe_names_the_attacks_it_can_read_and_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.isolation_confirm", "nosuch", "--output",
+                             str(tmp_path / "out.jsonl")], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "nosuch" in result.stderr and "clean" in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
