@@ -70,6 +70,18 @@ def persistence(model, x: torch.Tensor, y: np.ndarray, who: np.ndarray, label: i
     return float((votes == np.repeat(labels, partners)).mean())
 
 
+def transfer(model, x: torch.Tensor, labels: np.ndarray, group: np.ndarray, base: np.ndarray, label: int,
+             rt: Runtime, rng: np.random.Generator, count: int = 500) -> float:
+    """Share of examples of other labels than `label` that the model assigns to it once the mean image of `group`
+    minus the mean image of `base` is added to them. A pattern the group shares and the base lacks (a trigger)
+    carries the label over."""
+    pattern = x[torch.from_numpy(group)].float().mean(0) - x[torch.from_numpy(base)].float().mean(0)
+    pool = np.setdiff1d(np.flatnonzero(labels != label), group)
+    others = torch.from_numpy(rng.choice(pool, size=min(count, len(pool)), replace=False))
+    moved = (x[others].float() + pattern).round().clamp(0, 255).to(torch.uint8)
+    return float((predict(model, moved, rt).argmax(1).cpu().numpy() == label).mean())
+
+
 def probe(attack: str, seed: int, max_epochs: int | None, partners: int, alphas: list[float], out) -> None:
     p = params.load(PARAMS)
     cfg = IsolationConfig.from_params(p)
@@ -149,6 +161,13 @@ def probe_finetuned(attack: str, seed: int, partners: int, alphas: list[float], 
             row[f"label@{alpha}"] = round(persistence(model, x, labels, ref_label, label, rt, partners, alpha, rng), 3)
             row[f"other@{alpha}"] = round(persistence(model, x, labels, ref_other, labels[ref_other], rt, partners,
                                                       alpha, rng), 3)
+        # the isolated group's mean image minus the rest of its label's, added to images of other labels; a
+        # decoy (a random group of that rest, as large) is the control
+        rng = np.random.default_rng([seed, 8])
+        decoy = rng.choice(rest, size=min(len(chosen), len(rest)), replace=False)
+        for name, group in (("chosen", chosen), ("decoy", decoy)):
+            row[f"transfer_{name}"] = round(transfer(model, x, labels, group, np.setdiff1d(rest, group), label,
+                                                     rt, rng), 3)
     out.write(json.dumps(row) + "\n")
     out.flush()
 
