@@ -4,6 +4,7 @@
     python -m benchmarks.isolation_replay sweep-a sweep-b --windows 0 2 --output replay.md
     python -m benchmarks.isolation_replay demo --windows 3 --drop off on   # the loss-drop signal's effect
     python -m benchmarks.isolation_replay demo --windows 3 --max-epochs 20 --persist 2   # two what-ifs
+    python -m benchmarks.isolation_replay demo --windows 3 --ratio 0.005   # a smaller examined share
 
 Every isolate stage saves each example's loss per isolation epoch (`history` in
 data/isolated/<attack>/seed<k>.npz). This replays on it, epoch by epoch, the rule of
@@ -42,7 +43,7 @@ from backdoorlab.storage import load_arrays, load_json, save_figure, save_text
 
 
 def config(folder: Path, window: int, drop: bool, min_gap: float | None = None,
-           max_epochs: int | None = None) -> IsolationConfig:
+           max_epochs: int | None = None, ratio: float | None = None) -> IsolationConfig:
     group = yaml.safe_load((folder / "params.yaml").read_text())["isolate"]
     flat = {f"isolate.{k}": v for k, v in group.items()}
     flat.setdefault("isolate.window", 0)
@@ -52,6 +53,8 @@ def config(folder: Path, window: int, drop: bool, min_gap: float | None = None,
         flat["isolate.min_gap"] = min_gap
     if max_epochs is not None:
         flat["isolate.max_epochs"] = max_epochs
+    if ratio is not None:
+        flat["isolate.ratio"] = ratio
     return dataclasses.replace(IsolationConfig.from_params(flat), selection="adaptive", window=window, drop=drop)
 
 
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, metavar="N",
                         help="isolate.max_epochs for every folder: decide on the first N recorded epochs only "
                              "(default: each folder's own)")
+    parser.add_argument("--ratio", type=float, metavar="SHARE",
+                        help="isolate.ratio for every folder: the share of the training set examined "
+                             "(default: each folder's own)")
     parser.add_argument("--persist", type=int, default=1, metavar="N",
                         help="what-if: count a decision only once the same label was named in N consecutive "
                              "epochs (default 1: the isolation's own rule)")
@@ -156,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.exit(2, "--max-epochs: an integer >= 1\n")
+    if args.ratio is not None and not 0 < args.ratio < 1:
+        parser.exit(2, "--ratio: a share in (0, 1)\n")
     if args.persist < 1:
         parser.exit(2, "--persist: an integer >= 1\n")
     if any(w < 0 for w in args.windows):
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         for attack, seed, history, labels, poisoned, target in runs(folder):
             cells = []
             for v, (w, drop) in variants.items():
-                cfg = config(folder, w, drop, args.min_gap, args.max_epochs)
+                cfg = config(folder, w, drop, args.min_gap, args.max_epochs, args.ratio)
                 threshold = cfg.min_concentration
                 result = replay(history, labels, poisoned, cfg, args.persist)
                 curves[v].append((f"{folder.name} {attack} {seed}", result["curve"], bool(poisoned.any())))

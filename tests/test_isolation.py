@@ -229,3 +229,16 @@ def test_the_fine_tuning_holds_out_a_random_share_of_the_examples_not_isolated_d
     assert np.array_equal(held, finetune_holdout(1000, isolated, 0.1, seed=0))
     assert not np.array_equal(held, finetune_holdout(1000, isolated, 0.1, seed=1))
     assert len(finetune_holdout(1000, isolated, 0.0, seed=0)) == 0
+
+
+def test_the_replay_takes_each_folders_isolation_params_and_overrides_only_what_it_is_told(tmp_path):
+    from benchmarks.isolation_replay import config
+
+    (tmp_path / "params.yaml").write_text(
+        "isolate:\n  max_epochs: 20\n  lr: 0.05\n  gamma: 0.5\n  lga: batch\n  augment: none\n"
+        "  selection: adaptive\n  ratio: 0.01\n  min_concentration: 0.9\n  window: 3\n  drop: true\n"
+        "  min_gap: 0.75\n")
+    own = config(tmp_path, 3, True)
+    assert (own.ratio, own.max_epochs, own.min_gap) == (0.01, 20, 0.75)
+    smaller = config(tmp_path, 3, True, ratio=0.005)
+    assert smaller.ratio == 0.005 and dataclasses.replace(smaller, ratio=0.01) == own
