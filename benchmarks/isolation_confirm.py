@@ -2,8 +2,8 @@
 
     cd demo && python -m benchmarks.isolation_confirm badnets --seeds 0 1 2 --output confirm.jsonl
 
-A research probe, not part of the pipeline. It reruns an attack's isolation exactly as
-the isolate stage does (same model, seed, params), but never stops: after every epoch it
+A research probe, not part of the pipeline. It reruns an attack's isolation with the
+isolate stage's own code (same model, seed, params), kept from stopping: for every epoch it
 records the adaptive rule's decision (backdoorlab/defenses/isolation.py, `decide`) and,
 where the rule names a label, how persistent that label is on the examples it would
 isolate when each is superimposed on images of other labels (STRIP, Gao et al., ACSAC
@@ -24,6 +24,7 @@ benchmarks/results/isolation-confirm-strip-amd-epyc-f25m17.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -34,13 +35,13 @@ import torch
 
 from backdoorlab import params
 from backdoorlab.artifacts import check_model_name, training_set
-from backdoorlab.defenses.isolation import FINETUNED, IsolationConfig, decide, lga_loss
+from backdoorlab.defenses.isolation import FINETUNED, IsolationConfig, decide, isolate
 from backdoorlab.layout import isolated_file, model_file
 from backdoorlab.models import load_model, new_model
 from backdoorlab.params import ParamError
 from backdoorlab.runtime import Runtime
 from backdoorlab.storage import load_arrays
-from backdoorlab.training import TrainOptions, predict, sgd, train_epoch
+from backdoorlab.training import TrainOptions, predict
 
 PARAMS = params.MODEL_KEYS + ["isolate.max_epochs", "isolate.lr", "isolate.gamma", "isolate.lga",
                               "isolate.augment", "isolate.selection", "isolate.ratio", "isolate.min_concentration",
@@ -82,50 +83,62 @@ def transfer(model, x: torch.Tensor, labels: np.ndarray, group: np.ndarray, base
     return float((predict(model, moved, rt).argmax(1).cpu().numpy() == label).mean())
 
 
+def blend_scores(model, x: torch.Tensor, labels: np.ndarray, chosen: np.ndarray, label: int, poisoned: np.ndarray,
+                 rt: Runtime, partners: int, alphas: list[float], rng: np.random.Generator) -> dict:
+    """Persistence of `label` under each blend on the isolated examples, on 200 of the rest of that label and on
+    200 examples of other labels (their own label), and the poison's share of the label's reference."""
+    rest = np.setdiff1d(np.flatnonzero(labels == label), chosen)
+    ref_label = rng.choice(rest, size=min(200, len(rest)), replace=False)
+    ref_other = rng.choice(np.flatnonzero(labels != label), size=200, replace=False)
+    scores = {"precision": round(float(poisoned[chosen].mean()), 3),
+              "ref_label_poisoned": round(float(poisoned[ref_label].mean()), 3)}
+    for alpha in alphas:
+        for name, who, own in (("chosen", chosen, label), ("label", ref_label, label),
+                               ("other", ref_other, labels[ref_other])):
+            scores[f"{name}@{alpha}"] = round(persistence(model, x, labels, who, own, rt, partners, alpha, rng), 3)
+    return scores
+
+
+def describe(attack: str, seed: int, data) -> dict:
+    return {"attack": attack, "target": data.target if data.poison_indices.size else None,
+            "rate": len(data.poison_indices) / len(data.y), "seed": seed}
+
+
+def poison_mask(data) -> np.ndarray:
+    poisoned = np.zeros(len(data.y), dtype=bool)
+    poisoned[data.poison_indices] = True
+    return poisoned
+
+
 def probe(attack: str, seed: int, max_epochs: int | None, partners: int, alphas: list[float], out) -> None:
+    """The isolate stage's own training (backdoorlab.defenses.isolation.isolate), kept from stopping by an
+    unreachable concentration; the model is kept after every epoch, and the real rule is then replayed on the
+    history, epoch by epoch."""
     p = params.load(PARAMS)
     cfg = IsolationConfig.from_params(p)
     if max_epochs:
         cfg = dataclasses.replace(cfg, max_epochs=max_epochs)
-    opts = TrainOptions.from_params(p, seed=seed)
     data = training_set(check_model_name(attack))
-    rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"])
     x, y = rt.tensors(data.x, data.y)
-    labels = y.cpu().numpy()
-    poisoned = np.zeros(len(labels), dtype=bool)
-    poisoned[data.poison_indices] = True
+    labels, poisoned = data.y, poison_mask(data)
     model = rt.prepare(new_model(p["train.arch"], data.x, len(data.classes), seed))
-    opts = opts.replace(epochs=cfg.max_epochs, lr=cfg.lr, schedule="constant", augment=cfg.augment)
-    gen = torch.Generator(device=rt.device).manual_seed(opts.seed)
-    optimizer = sgd(model, opts)
-    seen = torch.zeros(len(y), device=rt.device)
-    history: list[np.ndarray] = []
-    for epoch in range(cfg.max_epochs):
-        train_epoch(model, x, y, optimizer, rt, opts, gen, lga_loss(cfg.gamma, cfg.per_example),
-                    desc=f"isolate {epoch + 1}/{cfg.max_epochs}", example_losses=seen)
-        history.append(seen.cpu().numpy().copy())
-        decision = decide(history, labels, cfg)
+    states: list[dict] = []
+    never = dataclasses.replace(cfg, min_concentration=1.01)
+    trace = isolate(model, x, y, rt, TrainOptions.from_params(p, seed=seed), never,
+                    lambda m, stats: states.append(copy.deepcopy(m.state_dict()))).history
+    history = list(trace)
+    for epoch in range(len(history)):
+        decision = decide(history[:epoch + 1], labels, cfg)
         cand = decision.candidates
-        row = {"attack": attack, "target": data.target if data.poison_indices.size else None,
-               "rate": len(data.poison_indices) / len(labels), "seed": seed, "epoch": epoch + 1,
-               "found": decision.found, "label": cand.label, "signal": cand.signal,
-               "concentration": round(cand.concentration, 3), "gap": round(cand.gap, 3)}
+        row = {**describe(attack, seed, data), "epoch": epoch + 1, "found": decision.found, "label": cand.label,
+               "signal": cand.signal, "concentration": round(cand.concentration, 3), "gap": round(cand.gap, 3)}
         if decision.found:
             chosen = cand.indices[labels[cand.indices] == cand.label]
+            model.load_state_dict(states[epoch])
             rng = np.random.default_rng([seed, epoch])
-            rest = np.setdiff1d(np.flatnonzero(labels == cand.label), chosen)
-            others = np.flatnonzero(labels != cand.label)
-            ref_label = rng.choice(rest, size=min(200, len(rest)), replace=False)
-            ref_other = rng.choice(others, size=200, replace=False)
-            row.update(isolated=int(len(chosen)), precision=round(float(poisoned[chosen].mean()), 3),
-                       ref_label_poisoned=round(float(poisoned[ref_label].mean()), 3))
-            for alpha in alphas:
-                row[f"chosen@{alpha}"] = round(persistence(model, x, labels, chosen, cand.label, rt, partners,
-                                                           alpha, rng), 3)
-                row[f"label@{alpha}"] = round(persistence(model, x, labels, ref_label, cand.label, rt, partners,
-                                                          alpha, rng), 3)
-                row[f"other@{alpha}"] = round(persistence(model, x, labels, ref_other, labels[ref_other], rt,
-                                                          partners, alpha, rng), 3)
+            row.update(isolated=int(len(chosen)),
+                       **blend_scores(model, x, labels, chosen, cand.label, poisoned, rt, partners, alphas, rng))
         out.write(json.dumps(row) + "\n")
         out.flush()
 
@@ -136,33 +149,20 @@ def probe_finetuned(attack: str, seed: int, partners: int, alphas: list[float], 
     p = params.load(PARAMS)
     data = training_set(check_model_name(attack))
     rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"])
-    x, _ = rt.tensors(data.x, data.y)
-    labels = data.y
-    poisoned = np.zeros(len(labels), dtype=bool)
-    poisoned[data.poison_indices] = True
+    x = rt.tensors(data.x)
+    labels, poisoned = data.y, poison_mask(data)
     model = rt.prepare(load_model(model_file(attack, seed, FINETUNED)))
     chosen = load_arrays(isolated_file(attack, seed))["indices"]
-    row = {"attack": attack, "target": data.target if data.poison_indices.size else None,
-           "rate": len(data.poison_indices) / len(labels), "seed": seed, "model": "finetuned",
-           "isolated": int(len(chosen))}
+    row = {**describe(attack, seed, data), "model": "finetuned", "isolated": int(len(chosen))}
     if len(chosen):
         label = int(np.bincount(labels[chosen]).argmax())
-        rng = np.random.default_rng([seed, 7])
-        rest = np.setdiff1d(np.flatnonzero(labels == label), chosen)
-        others = np.flatnonzero(labels != label)
-        ref_label = rng.choice(rest, size=min(200, len(rest)), replace=False)
-        ref_other = rng.choice(others, size=200, replace=False)
         votes = predict(model, x[torch.from_numpy(chosen)], rt).argmax(1).cpu().numpy()
-        row.update(label=label, precision=round(float(poisoned[chosen].mean()), 3),
-                   chosen_acc=round(float((votes == label).mean()), 3),
-                   ref_label_poisoned=round(float(poisoned[ref_label].mean()), 3))
-        for alpha in alphas:
-            row[f"chosen@{alpha}"] = round(persistence(model, x, labels, chosen, label, rt, partners, alpha, rng), 3)
-            row[f"label@{alpha}"] = round(persistence(model, x, labels, ref_label, label, rt, partners, alpha, rng), 3)
-            row[f"other@{alpha}"] = round(persistence(model, x, labels, ref_other, labels[ref_other], rt, partners,
-                                                      alpha, rng), 3)
+        row.update(label=label, chosen_acc=round(float((votes == label).mean()), 3))
+        row.update(blend_scores(model, x, labels, chosen, label, poisoned, rt, partners, alphas,
+                                np.random.default_rng([seed, 7])))
         # the isolated group's mean image minus the rest of its label's, added to images of other labels; a
         # decoy (a random group of that rest, as large) is the control
+        rest = np.setdiff1d(np.flatnonzero(labels == label), chosen)
         rng = np.random.default_rng([seed, 8])
         decoy = rng.choice(rest, size=min(len(chosen), len(rest)), replace=False)
         for name, group in (("chosen", chosen), ("decoy", decoy)):
