@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from backdoorlab.defenses import abl
 from backdoorlab.defenses.abl import UnlearningConfig, expand_in_features, heldout_cost, otsu_split, unlearn
 from backdoorlab.defenses.isolation import finetune_holdout
 from backdoorlab.models import new_model
@@ -109,12 +110,34 @@ def test_a_direction_skewed_by_the_isolated_few_is_refined_until_the_split_holds
     assert not np.isin(refined.anchors, poisoned).any() and len(refined.anchors) == 150
 
 
+@pytest.mark.parametrize("best_round", [0, 1])
+def test_of_the_refined_splits_the_one_otsu_rates_best_is_kept(monkeypatch, best_round):
+    """A later round can drift (each seed holds only the fast poison, so the direction leans away from the
+    slow poison and the split erodes it): whichever round Otsu rates best is kept, not the last one."""
+    model, x, y, poisoned, isolated = skewed_label(poison_reach=2, clean_reach=4)
+    by_round = [expand_in_features(model, x, y, isolated, CPU, rounds=r) for r in (1, 2)]
+    assert not np.array_equal(by_round[0].forget, by_round[1].forget)
+    rated = []
+
+    def rated_best_in(values):
+        effectiveness, threshold = otsu_split(values)
+        rated.append(effectiveness)
+        return (effectiveness if len(rated) == best_round + 1 else effectiveness / 10), threshold
+
+    monkeypatch.setattr(abl, "otsu_split", rated_best_in)
+    kept = expand_in_features(model, x, y, isolated, CPU, rounds=10)
+    assert len(rated) > 2
+    assert np.array_equal(kept.forget, by_round[best_round].forget)
+    assert np.array_equal(kept.anchors, by_round[best_round].anchors)
+    assert kept.separation == pytest.approx(rated[best_round])
+
+
 def test_refining_settles_on_the_nearest_split_which_can_be_the_wrong_one():
     """The limit of 2-means: where feature 1 spreads far wider than feature 0 separates, the refined split
-    is the one along feature 1, and it takes every clean example of the label."""
+    is one along feature 1 (the best rated of the rounds), and it takes most clean examples of the label."""
     model, x, y, poisoned, isolated = skewed_label(poison_reach=5, clean_reach=8)
     refined = expand_in_features(model, x, y, isolated, CPU, rounds=10)
-    assert (~np.isin(refined.forget, poisoned)).sum() == 300
+    assert (~np.isin(refined.forget, poisoned)).sum() > 250
 
 # ------------------------------------------------------------------ unlearning and its stop rule
 
