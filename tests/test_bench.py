@@ -154,3 +154,27 @@ def test_the_superimposition_probe_names_the_attacks_it_can_read_and_exits_2(tmp
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "nosuch" in result.stderr and "clean" in result.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_the_expansion_probe_scores_a_round_by_what_the_unlearning_would_take_from_it():
+    from backdoorlab.defenses.abl import FeatureSplit
+    from benchmarks.expansion_rounds import score_split
+    # six examples of one label: the first three poisoned; the high side is the three projected above 0.5
+    split = FeatureSplit(np.array([0.9, 0.8, 0.1, 0.7, 0.2, 0.0]), 0.5, 0.8)
+    isolated = np.array([True, False, False, False, False, False])
+    fast = np.array([True, True, True, False, False, False])  # example 3 is high but slow: neither side
+    poisoned = np.array([True, True, True, False, False, False])
+    score = score_split(split, isolated, fast, poisoned)
+    assert score["high"] == (2, 1) and score["unlearned"] == (2, 0)
+    # the rest (2, 4, 5) is cut at its median projection (0.1): examples 2 and 5, one of them poisoned
+    assert score["anchors"] == (1, 2) and score["separation"] == 0.8
+
+
+def test_the_expansion_probe_names_the_attacks_it_can_read_and_exits_2(tmp_path):
+    (tmp_path / "params.yaml").write_text("abl:\n  expand_rounds: 10\n")
+    result = subprocess.run([sys.executable, "-m", "benchmarks.expansion_rounds", "nosuch", "--output",
+                             str(tmp_path / "out.md")], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "nosuch" in result.stderr
+    assert not (tmp_path / "out.md").exists()

@@ -161,6 +161,43 @@ def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> 
     return (predict(model, x, rt).argmax(1) == y).cpu().numpy()
 
 
+@dataclass
+class FeatureSplit:
+    """One round of the expansion: the label's examples projected on a direction and cut by Otsu's threshold."""
+
+    projection: np.ndarray
+    threshold: float
+    separation: float  # Otsu effectiveness of the cut
+
+    @property
+    def high(self) -> np.ndarray:
+        return self.projection > self.threshold
+
+
+def fast_learned(speed: np.ndarray | None, members: np.ndarray) -> np.ndarray:
+    """Which `members` are on the fast side of Otsu's split of their learning speeds (all, without speeds)."""
+    if speed is None:
+        return np.ones(len(members), dtype=bool)
+    _, fast_above = otsu_split(-speed[members])  # speed is a mean log loss: low is fast
+    return -speed[members] > fast_above
+
+
+def feature_splits(f: np.ndarray, isolated: np.ndarray, fast: np.ndarray, rounds: int) -> list[FeatureSplit]:
+    """2-means along a direction, seeded by the `isolated` (a mask over the rows of `f`): each round projects
+    every row on the direction from the rest to the seed and cuts it; the next seed is the isolated and the
+    fast rows of the high side. At most `rounds` rounds, fewer once the seed stops changing."""
+    seed, splits = isolated, []
+    for _ in range(max(rounds, 1)):
+        projection = f @ (f[seed].mean(0) - f[~seed].mean(0))
+        separation, threshold = otsu_split(projection)
+        splits.append(FeatureSplit(projection, threshold, separation))
+        found = isolated | splits[-1].high & fast
+        if np.array_equal(found, seed) or found.all():
+            break
+        seed = found
+    return splits
+
+
 def expand_in_features(model: nn.Module, x: torch.Tensor, y: np.ndarray, isolated: np.ndarray,
                        rt: Runtime, speed: np.ndarray | None = None, rounds: int = 1) -> Expansion:
     """Find the rest of the poison: in a model that learned the backdoor, poisoned inputs share a
@@ -177,26 +214,14 @@ def expand_in_features(model: nn.Module, x: torch.Tensor, y: np.ndarray, isolate
     members = np.flatnonzero(y == label)
     f = features(model, x[torch.from_numpy(members).to(x.device)], rt)
     isolated_here = np.isin(members, isolated)
-    fast = np.ones(len(members), dtype=bool)
-    if speed is not None:
-        _, fast_above = otsu_split(-speed[members])  # speed is a mean log loss: low is fast
-        fast = -speed[members] > fast_above
-    seed, best = isolated_here, None
-    for _ in range(max(rounds, 1)):
-        projection = f @ (f[seed].mean(0) - f[~seed].mean(0))
-        separation, threshold = otsu_split(projection)
-        if best is None or separation > best[0]:
-            best = separation, projection, projection > threshold
-        found = isolated_here | (projection > threshold) & fast
-        if np.array_equal(found, seed) or found.all():
-            break
-        seed = found
-    separation, projection, high = best
+    fast = fast_learned(speed, members)
+    split = max(feature_splits(f, isolated_here, fast, rounds), key=lambda s: s.separation)  # first of ties
+    high, projection = split.high, split.projection
     suspect = high & fast
     forget = members[isolated_here | suspect]  # isolated examples of other labels are strays, not unlearned
     rest = ~high & ~isolated_here
     anchors = members[rest & (projection <= np.median(projection[rest]))] if rest.any() else members[:0]
-    return Expansion(forget, anchors, separation)
+    return Expansion(forget, anchors, split.separation)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""How much of the poison each round of ABL's feature expansion takes, scored against the true poison.
+
+    cd demo && python -m benchmarks.expansion_rounds badnets blend --seeds 0 1 2
+    cd cifar10-cpu && python -m benchmarks.expansion_rounds badnets --seeds 0 1 --output rounds.md
+
+A research probe, not part of the pipeline. ABL's expansion (backdoorlab/defenses/abl.py,
+`expand_in_features`) projects every example of the isolated label on a direction from
+the rest of the label to the isolated few, cuts the projections with Otsu's threshold and
+takes the direction again from what it found, for at most `abl.expand_rounds` rounds. This
+reads the isolate stage's outputs in a configuration folder (the fine-tuned model, the
+isolated indices, the learning speeds), reruns those rounds with the defense's own
+functions and scores each against the poison indices (data/poisoned/<attack>/train.npz),
+which the defense never sees: how many poisoned and clean examples each round's high side
+holds, and what the unlearning would get (unlearned: the isolated and the fast examples of
+the high side; learned as clean examples of the label: the lower half of the rest) if it
+kept that round. The row marked `kept` is the round the defense keeps (the best-separated
+one); `last` is where the rounds ended.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backdoorlab import params
+from backdoorlab.artifacts import check_model_name, training_set
+from backdoorlab.defenses.abl import FeatureSplit, fast_learned, feature_splits, features
+from backdoorlab.defenses.isolation import FINETUNED
+from backdoorlab.layout import isolated_file, model_file
+from backdoorlab.models import load_model
+from backdoorlab.params import ParamError
+from backdoorlab.runner import require
+from backdoorlab.runtime import Runtime, cpu_model
+from backdoorlab.storage import load_arrays, save_text
+
+HEADER = ["| run | round | separation | high side: poisoned / clean | unlearned: poisoned / clean | "
+          "learned as the label: poisoned / all |", "|---|---:|---:|---|---|---|"]
+
+
+def score_split(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, poisoned: np.ndarray) -> dict:
+    """What the unlearning would get from this round (the same sets as expand_in_features), against the poison."""
+    high = split.high
+    forget = isolated | high & fast
+    rest = ~high & ~isolated
+    anchors = rest & (split.projection <= np.median(split.projection[rest])) if rest.any() else rest
+    return {"separation": split.separation, "high": (int((high & poisoned).sum()), int((high & ~poisoned).sum())),
+            "unlearned": (int((forget & poisoned).sum()), int((forget & ~poisoned).sum())),
+            "anchors": (int((anchors & poisoned).sum()), int(anchors.sum()))}
+
+
+def probe(attack: str, seed: int, rounds: int) -> tuple[str, list[dict]]:
+    """Every round of the expansion for one run: a description and one score per round."""
+    p = params.load(params.MODEL_KEYS)
+    data = training_set(check_model_name(attack))
+    require(model_file(attack, seed, FINETUNED), isolated_file(attack, seed))
+    isolation = load_arrays(isolated_file(attack, seed))
+    chosen = isolation["indices"]
+    if not len(chosen):
+        return f"{attack} seed {seed}: nothing isolated", []
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"])
+    x = rt.tensors(data.x)
+    label = int(np.bincount(data.y[chosen]).argmax())
+    members = np.flatnonzero(data.y == label)
+    poisoned = np.isin(members, data.poison_indices)
+    model = rt.prepare(load_model(model_file(attack, seed, FINETUNED)))
+    f = features(model, x[torch.from_numpy(members).to(x.device)], rt)
+    isolated, fast = np.isin(members, chosen), fast_learned(isolation["speed"], members)
+    scores = [score_split(s, isolated, fast, poisoned) for s in feature_splits(f, isolated, fast, rounds)]
+    kept = max(range(len(scores)), key=lambda i: scores[i]["separation"])  # the defense's choice: first of ties
+    for i, s in enumerate(scores):
+        s["mark"] = ", ".join(m for m, on in (("kept", i == kept), ("last", i == len(scores) - 1)) if on)
+    name = (f"{attack} seed {seed}: label {label}, {len(members)} examples, {int(poisoned.sum())} poisoned, "
+            f"{int(isolated.sum())} isolated ({int((isolated & poisoned).sum())} poisoned), "
+            f"{int(fast.sum())} fast ({int((fast & poisoned).sum())} poisoned)")
+    return name, scores
+
+
+def table(name: str, scores: list[dict]) -> list[str]:
+    rows = [f"| {name} | | | | | |"] if not scores else []
+    for i, s in enumerate(scores):
+        rows.append(f"| {name if i == 0 else ''} | {i + 1}{' (' + s['mark'] + ')' if s['mark'] else ''} | "
+                    f"{s['separation']:.3f} | {s['high'][0]} / {s['high'][1]} | "
+                    f"{s['unlearned'][0]} / {s['unlearned'][1]} | {s['anchors'][0]} / {s['anchors'][1]} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.expansion_rounds", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("attacks", nargs="+", help="attacks whose isolate stages have run in this folder")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--rounds", type=int, help="rounds at most (default: the folder's abl.expand_rounds)")
+    parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.exit(2, "--rounds: an integer >= 1\n")
+    try:
+        for attack in args.attacks:
+            check_model_name(attack)
+        rounds = args.rounds or params.load(["abl.expand_rounds"],
+                                            extra={"abl.expand_rounds": params.integer(1)})["abl.expand_rounds"]
+        lines = [f"CPU: {cpu_model()}, torch {torch.__version__}, rounds at most {rounds}", ""] + HEADER
+        for attack in args.attacks:
+            for seed in args.seeds:
+                lines += table(*probe(attack, seed, rounds))
+                print(lines[-1], file=sys.stderr, flush=True)
+    except (ParamError, FileNotFoundError) as exc:
+        parser.exit(2, f"{exc}\n")
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.output:
+        save_text(args.output, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
