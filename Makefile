@@ -2,7 +2,7 @@
 # `make test`: set up .venv if missing, run the test suite.
 # `make bench`: set up .venv if missing, print speed and memory figures.
 # `make pipelines`: write each stage's code deps into dvc.yaml, then copy it into the configuration folders.
-# `make cifar10-cpu`: the CPU-sized CIFAR-10 run, all five attacks, two seeds (2.6 hours on a 2-core Zen 4 in bf16, several times that without native bf16; needs ../shared).
+# `make cifar10-cpu`: the CPU-sized CIFAR-10 run, all five attacks, three seeds (about 3.7 hours on a 2-core Zen 4 in bf16, several times that without native bf16; needs ../shared).
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
