@@ -40,12 +40,21 @@ HEADER = ["| run | round | separation | high side: poisoned / clean | unlearned:
           "learned as the label: poisoned / all |", "|---|---:|---:|---|---|---|"]
 
 
-def score_split(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, poisoned: np.ndarray) -> dict:
-    """What the unlearning would get from this round (the same sets as expand_in_features), against the poison."""
+def unlearning_sets(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of what the unlearning would get if it kept this round: the examples it unlearns and those it learns
+    as clean examples of the label. The rule of expand_in_features, mirrored per round (a test holds the two
+    to the same sets)."""
     high = split.high
     forget = isolated | high & fast
     rest = ~high & ~isolated
     anchors = rest & (split.projection <= np.median(split.projection[rest])) if rest.any() else rest
+    return forget, anchors
+
+
+def score_split(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, poisoned: np.ndarray) -> dict:
+    """What the unlearning would get from this round, against the poison."""
+    high = split.high
+    forget, anchors = unlearning_sets(split, isolated, fast)
     return {"separation": split.separation, "high": (int((high & poisoned).sum()), int((high & ~poisoned).sum())),
             "unlearned": (int((forget & poisoned).sum()), int((forget & ~poisoned).sum())),
             "anchors": (int((anchors & poisoned).sum()), int(anchors.sum()))}

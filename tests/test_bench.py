@@ -178,3 +178,22 @@ def test_the_expansion_probe_names_the_attacks_it_can_read_and_exits_2(tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "nosuch" in result.stderr
     assert not (tmp_path / "out.md").exists()
+
+
+def test_the_expansion_probe_takes_from_its_kept_round_exactly_what_the_defense_unlearns_and_learns():
+    from backdoorlab.defenses.abl import expand_in_features, fast_learned, feature_splits, features
+    from benchmarks.expansion_rounds import unlearning_sets
+    from test_isolation import CPU
+    from test_unlearning import skewed_label
+    model, x, y, poisoned, isolated = skewed_label(poison_reach=2, clean_reach=4)
+    speed = np.zeros(len(y))
+    speed[poisoned[:200]] = -3.0  # two thirds of the poison learned fast: the fast filter matters
+    members = np.arange(len(y))
+    mask = np.isin(members, isolated)
+    fast = fast_learned(speed, members)
+    splits = feature_splits(features(model, x, CPU), mask, fast, 10)
+    kept = max(splits, key=lambda s: s.separation)
+    forget, anchors = unlearning_sets(kept, mask, fast)
+    defense = expand_in_features(model, x, y, isolated, CPU, speed, rounds=10)
+    assert len(splits) > 1 and forget.sum() > len(isolated)
+    assert np.array_equal(members[forget], defense.forget) and np.array_equal(members[anchors], defense.anchors)
