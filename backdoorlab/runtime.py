@@ -72,20 +72,34 @@ class Runtime:
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out.contiguous()
 
 
-def cpu_model() -> str:
-    """The CPU's model name (what every timing is printed beside)."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in /proc/cpuinfo (Linux), or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what every timing is printed beside)."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_family_model() -> str | None:
+    """'25/17' for an AMD EPYC 9004 (Zen 4): virtual machines often name every EPYC just 'AMD EPYC', and
+    two such machines (Zen 3 with AVX2 only, Zen 4 with AVX512_BF16) differed 3x in bf16 speed."""
+    family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
+    return f"{family}/{model}" if family and model else None
 
 
 def _cache_file(arch: str, batch_size: int) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backdoorlab"
-    key = f"{cpu_model()}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|{arch}|{batch_size}"
+    key = (f"{cpu_model()}|{cpu_family_model()}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}"
+           f"|{arch}|{batch_size}")
     return root / f"runtime-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -134,7 +148,8 @@ def measured_cpu_runtime(arch: str, batch_size: int) -> Runtime:
         choice = measured["choice"]
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"cpu": cpu_model(), "arch": arch, "batch_size": batch_size, **measured}))
+        tmp.write_text(json.dumps({"cpu": cpu_model(), "cpu_family_model": cpu_family_model(), "arch": arch,
+                                   "batch_size": batch_size, **measured}))
         os.replace(tmp, cache)
     return Runtime(torch.device("cpu"), torch.bfloat16 if choice.startswith("bf16") else None,
                    choice.endswith("channels_last"))

@@ -68,7 +68,7 @@ import torch
 import yaml
 
 from backdoorlab.models import ARCHITECTURES, new_model
-from backdoorlab.runtime import Runtime, cpu_model, measure_cpu_options
+from backdoorlab.runtime import Runtime, cpu_family_model, cpu_model, cpuinfo_field, measure_cpu_options
 from backdoorlab.storage import save_json
 from backdoorlab.training import TrainOptions, sgd, train_epoch
 
@@ -84,27 +84,8 @@ PLAIN_TRAINING = ("train", "isolate", "defend")  # stages whose training loop is
 
 # ---------------------------------------------------------------- the machine
 
-def cpuinfo_field(name: str) -> str | None:
-    """The first value of `name` in /proc/cpuinfo (Linux), or None."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == name:
-                return value.strip()
-    except OSError:
-        pass
-    return None
-
-
 def cpu_flags() -> set[str]:
     return set((cpuinfo_field("flags") or "").split())
-
-
-def cpu_family_model() -> str | None:
-    """'25/17' for an AMD EPYC 9004 (Zen 4): virtual machines often name every EPYC just 'AMD EPYC', and
-    two such machines (Zen 3 with AVX2 only, Zen 4 with AVX512_BF16) differed 3x in bf16 speed."""
-    family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
-    return f"{family}/{model}" if family and model else None
 
 
 def machine() -> dict:
@@ -373,9 +354,11 @@ def print_pipeline(result: dict) -> None:
         cells += [seconds(ph.get(p)) for p in WORK_PHASES] + [seconds(ph.get("other"))]
         ips = r["train_images_per_s"]
         cells.append(f"{ips:7.0f}" if ips else f"{'-':>7s}")
-        print("  " + f"{r['stage'].removeprefix('stages.'):34s} {r['model'] or '-':8s}" + "".join(" " + c for c in cells))
+        name = r["stage"].removeprefix("stages.")
+        print("  " + f"{name:34s} {r['model'] or '-':8s}" + "".join(" " + c for c in cells))
     t = result["totals"]
-    print(f"  total: {t['wall_s']:.1f} s wall, {t['stages']} stage{'s' if t['stages'] != 1 else ''} ({t['stage_wall_s']:.1f} s in them), "
+    print(f"  total: {t['wall_s']:.1f} s wall, {t['stages']} stage{'s' if t['stages'] != 1 else ''} "
+          f"({t['stage_wall_s']:.1f} s in them), "
           f"peak memory of one process {result['peak_rss_mib']:.0f} MiB")
     if t["stages"]:
         print(f"  overhead: {t['overhead_s']:.1f} s in all, {t['overhead_mean_s']:.2f} s per stage "
@@ -385,7 +368,8 @@ def print_pipeline(result: dict) -> None:
     if t["train_images_per_s"]:
         step = (f"{t['step_percent']:.0f}% of the best bare step ({t['best_step_images_per_s']:.0f} images/s, "
                 f"32x32x3)" if t["step_percent"] else f"bare step of {t['model']}: n/a (not among --models)")
-        print(f"  training of {t['model']} in {t['model_stages']} stage{'s' if t['model_stages'] > 1 else ''}: {t['train_images_per_s']:.0f} images/s "
+        stages = f"{t['model_stages']} stage{'s' if t['model_stages'] > 1 else ''}"
+        print(f"  training of {t['model']} in {stages}: {t['train_images_per_s']:.0f} images/s "
               f"({shape} images), {step}")
     else:
         print(f"  no stage trained {t['model']} plainly: no images/s to compare")

@@ -92,8 +92,8 @@ def replay(history: list[np.ndarray], labels: np.ndarray, poisoned: np.ndarray, 
         named = cand.label if found else None
         if found and streak >= persist and result is None:
             chosen = cand.indices[labels[cand.indices] == cand.label]
-            result = {"found": True, "epoch": epoch, "signal": cand.signal, "label": cand.label, "isolated": len(chosen),
-                      "precision": float(poisoned[chosen].mean())}
+            result = {"found": True, "epoch": epoch, "signal": cand.signal, "label": cand.label,
+                      "isolated": len(chosen), "precision": float(poisoned[chosen].mean())}
     return {**(result or {"found": False, "epoch": len(history), "highest": max(curve[1:], default=0.0)}),
             "curve": curve}
 

@@ -5,7 +5,8 @@ is, the artifacts it names, and a logging callback; never the poison indices, th
 trigger or the test sets. The stage then scores the returned model like every other.
 
 Reads   data/dataset.npz, data/poisoned/<attack>/, the defense's inputs (for ABL: the isolate stage's
-        outputs and the no-defense model, returned as it is when nothing was isolated) ; params train.{arch,batch_size,momentum,weight_decay,augment,precision}, <defense>.*
+        outputs and the no-defense model, returned as it is when nothing was isolated);
+        params train.{arch,batch_size,momentum,weight_decay,augment,precision}, <defense>.*
 Writes  models/<attack>/seed<k>/<defense>.pt
         metrics/scores/<attack>/seed<k>/<defense>.json   the model's row of the results table, and the
                                                           defense's own summary (e.g. when it stopped)

@@ -88,8 +88,8 @@ def main(args) -> None:
                "mean_loss_clean": float(found.losses[~poisoned].mean())}
     save_checkpoint(model_file(attack, args.seed, FINETUNED),
                     model.checkpoint(trained_on=attack, seed=args.seed, isolated=int(len(found.indices))))
-    save_arrays(isolated_file(attack, args.seed), indices=found.indices, holdout=held_out, losses=found.losses, speed=found.speed,
-                history=found.history)
+    save_arrays(isolated_file(attack, args.seed), indices=found.indices, holdout=held_out, losses=found.losses,
+                speed=found.speed, history=found.history)
     save_json(isolation_metrics(attack, args.seed), summary)
     with phase("pictures"):
         among = "fastest" if cand.signal == "speed" else "largest falls in loss"

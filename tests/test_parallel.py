@@ -48,7 +48,8 @@ def test_it_runs_every_stage_after_those_it_waits_for(tmp_path):
     write(tmp_path / "cfg")
     assert main([str(tmp_path / "cfg"), "--jobs", "2"]) == 0
     assert all((tmp_path / "cfg" / f"{n}.txt").exists() for n in ("first", "second0", "second1", "last"))
-    timeline = {s["stage"]: s for s in json.loads((tmp_path / "cfg" / "run-logs" / "timeline.json").read_text())["stages"]}
+    timeline_file = tmp_path / "cfg" / "run-logs" / "timeline.json"
+    timeline = {s["stage"]: s for s in json.loads(timeline_file.read_text())["stages"]}
     assert timeline["second@0"]["start_s"] >= timeline["first"]["end_s"]
     assert timeline["last"]["start_s"] >= max(timeline["second@0"]["end_s"], timeline["second@1"]["end_s"])
 

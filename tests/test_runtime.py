@@ -38,6 +38,17 @@ def test_auto_measures_once_and_every_later_stage_reuses_the_choice(cpu_only, mo
     assert calls == [("convnet", 64), ("convnet", 128)]
 
 
+def test_two_cpus_sharing_a_name_but_not_a_family_and_model_measure_apart(cpu_only, monkeypatch):
+    """Virtual machines call a Zen 3 (AVX2) and a Zen 4 (AVX512_BF16) both 'AMD EPYC'; bf16 is 10x slower on one."""
+    calls = []
+    monkeypatch.setattr(runtime, "measure_cpu_options", lambda arch, batch: calls.append(arch) or {"choice": "fp32"})
+    for family_model in ("25/1", "25/17", "25/1"):
+        monkeypatch.setattr(runtime, "cpuinfo_field", lambda name, fm=family_model: {
+            "model name": "AMD EPYC", "cpu family": fm.split("/")[0], "model": fm.split("/")[1]}.get(name))
+        Runtime.pick("auto", "convnet", 64)
+    assert calls == ["convnet", "convnet"]  # the third pick is the first machine's, cached
+
+
 @pytest.mark.parametrize("choice,autocast,channels_last", [("fp32", None, False), ("bf16", torch.bfloat16, False),
                                                             ("fp32_channels_last", None, True)])
 def test_a_cached_choice_sets_precision_and_memory_layout(cpu_only, monkeypatch, choice, autocast, channels_last):

@@ -38,7 +38,8 @@ class EncoderDecoder(nn.Module):
         self.encoder = nn.Sequential(*_block(cin, width), nn.MaxPool2d(2), *_block(width, 2 * width),
                                      nn.MaxPool2d(2), *_block(2 * width, 2 * width))
         self.decoder = nn.Sequential(nn.Upsample(scale_factor=2), *_block(2 * width, width),
-                                     nn.Upsample(scale_factor=2), *_block(width, width), nn.Conv2d(width, cout, 3, 1, 1))
+                                     nn.Upsample(scale_factor=2), *_block(width, width),
+                                     nn.Conv2d(width, cout, 3, 1, 1))
 
     def forward(self, x):
         out = self.decoder(self.encoder(x))
