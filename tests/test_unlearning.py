@@ -69,6 +69,26 @@ def test_with_learning_speeds_only_examples_with_both_signals_are_unlearned():
     split = expand_in_features(PatchFeatures(), x, y.numpy(), isolated, CPU, speed)
     assert set(np.setdiff1d(poisoned, slow_poison)) <= set(split.forget)
     assert not np.isin(slow_poison, split.forget).any() and not np.isin(slow_poison, split.anchors).any()
+    without_speeds = expand_in_features(PatchFeatures(), x, y.numpy(), isolated, CPU)  # the split alone decides
+    assert np.isin(slow_poison, without_speeds.forget).all()
+
+
+@pytest.mark.parametrize("expand, reads_speeds", [("features", True), ("features_alone", False)])
+def test_features_alone_expands_without_the_learning_speed_filter(monkeypatch, expand, reads_speeds):
+    seen = []
+
+    def expansion(model, x, y, isolated, rt, speed=None, rounds=1):
+        seen.append(speed)
+        raise StopIteration  # only the expansion's arguments matter here
+
+    monkeypatch.setattr(abl, "expand_in_features", expansion)
+    x, y, poisoned = images(200, seed=0, poison_rate=0.1)
+    with pytest.raises(StopIteration):
+        unlearn(new_model("convnet", x.numpy(), 8, seed=0), x, y, np.sort(poisoned[:5]), np.arange(0), CPU,
+                TrainOptions(epochs=1, lr=0.01, seed=0), dataclasses.replace(CONFIG, expand=expand),
+                lambda m, stats: None, speed=np.zeros(len(y)))
+    assert (seen[0] is not None) == reads_speeds
+
 
 class TableFeatures(torch.nn.Module):
     """A stand-in model whose features are a table row per example: pixels (0, 0) and (0, 1) hold the index."""

@@ -32,7 +32,8 @@ This project's ABL (entry `abl`, the default), every choice made on training dat
   learned as clean ones). So the round whose split Otsu rates best is kept, a choice
   read from the training data alone. Either signal alone lets clean examples of
   the target class in (CIFAR-10 BadNets: one in six of the high side is clean; on the
-  demo most fast-learned zeros are), and unlearning them costs the target class. The
+  demo most fast-learned zeros are), and unlearning them costs the target class
+  (`abl.expand: features_alone` drops the speed filter, to measure that trade). The
   lower half of the rest serves as clean examples of the label (the poison the split
   misses lies just below it).
 - Unlearning descends on -log(1 - p(label)) for those examples instead of ascending
@@ -226,7 +227,7 @@ def expand_in_features(model: nn.Module, x: torch.Tensor, y: np.ndarray, isolate
 
 @dataclass(frozen=True)
 class UnlearningConfig:
-    expand: str  # features | none: unlearn only the isolated examples
+    expand: str  # features | features_alone: without the learning-speed filter | none: only the isolated examples
     expand_rounds: int  # features: directions taken at most, each from what the one before found (1: the isolated)
     objective: str  # forget | ascent
     loss_cap: float  # ascent only
@@ -287,8 +288,9 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
     labels = y.cpu().numpy()
     loss_fn = unlearning_loss(cfg.objective, cfg.loss_cap)
     summary = {"isolated": int(len(isolated)), "epochs": 0, "stopped_by": "max_epochs"}
-    if len(isolated) and cfg.expand == "features":
-        split = expand_in_features(model, x, labels, isolated, rt, speed, cfg.expand_rounds)
+    if len(isolated) and cfg.expand in ("features", "features_alone"):
+        speed_signal = speed if cfg.expand == "features" else None  # features_alone: the feature split decides
+        split = expand_in_features(model, x, labels, isolated, rt, speed_signal, cfg.expand_rounds)
         forget, anchors = split.forget, split.anchors
         # A backdoor has one target: only its label is unlearned, and every other label's examples are
         # learned alongside and measured, those of the few isolated strays' labels too (CIFAR-10
@@ -362,8 +364,9 @@ TOO_COSTLY = "unlearning cost the held-out examples more than max_kept_drop: the
 class ABL(Defense):
     """Unlearning on top of the isolate stage's outputs; `abl` and `abl_paper` differ only in their knobs."""
 
-    knobs = {"expand": choice("features", "none"), "expand_rounds": integer(1), "objective": choice("forget", "ascent"),
-             "loss_cap": number(0.0), "lr": number(0.0, lo_open=True), "batch_size": integer(1),
+    knobs = {"expand": choice("features", "features_alone", "none"), "expand_rounds": integer(1),
+             "objective": choice("forget", "ascent"), "loss_cap": number(0.0), "lr": number(0.0, lo_open=True),
+             "batch_size": integer(1),
              "max_epochs": integer(0), "clean_ratio": number(0.0), "same_label_ratio": number(0.0),
              "stop": choice("isolated_acc", "none"), "stop_isolated_acc": rate(),
              "max_clean_drop": rate(), "class_drop_se": number(0.0), "max_kept_drop": rate(),
