@@ -151,49 +151,15 @@ def delegate(module: str, args: list[str]) -> int | None:
 
 
 def dvc_arguments(command: list[str]) -> list[str] | None:
-    """The arguments of a DVC command line (`dvc ...` or `<python> -m dvc ...`); None for any other command."""
+    """The arguments of a DVC command line (`dvc ...` or `<python> -m dvc ...`); None for any other command.
+
+    The worker runs DVC commands as `python -m backdoorlab.dvcrun <arguments>`: DVC with a cheaper
+    dvc.lock rewrite after each stage (see that module)."""
     if command and os.path.basename(command[0]) == "dvc":
         return command[1:]
     if len(command) >= 3 and command[1:3] == ["-m", "dvc"] and os.path.basename(command[0]).startswith("python"):
         return command[3:]
     return None
-
-
-def fast_lockfile_writes() -> bool:
-    """Make DVC read dvc.lock with its fast parser before rewriting it; False (nothing changed) where it cannot.
-
-    DVC rewrites the whole dvc.lock after every stage. Before that it parses the file with
-    ruamel.yaml's pure-Python round trip, which keeps comments and quoting styles. dvc.lock
-    has no comments, and its styles are the ones DVC's writer picks for plain values. So the
-    safe loader DVC uses to read the file everywhere else (ruamel's C parser) gives the same
-    bytes once written (tests/test_worker.py). The demo's lock is 250 kB, mostly the stages'
-    code deps: 0.9 s to parse it the slow way and 0.2 s the fast way, per stage, on a 2-core
-    Zen 4. The writer stays DVC's own, and dvc.yaml and every other file keep the round trip."""
-    try:
-        from dvc import dvcfile
-        from dvc.utils.serialize import _common, _yaml
-    except ImportError:
-        return False
-    if not all(hasattr(m, n) for m, n in ((dvcfile, "modify_yaml"), (_common, "_modify_data"), (_yaml, "parse_yaml"),
-                                           (_yaml, "_dump"))):
-        return False
-    round_trip = dvcfile.modify_yaml
-
-    def modify_yaml(path, fs=None):
-        if os.path.basename(os.fspath(path)) != "dvc.lock":
-            return round_trip(path, fs=fs)
-        return _common._modify_data(path, _yaml.parse_yaml, _yaml._dump, fs=fs)
-
-    dvcfile.modify_yaml = modify_yaml
-    return True
-
-
-def run_dvc(args: list[str]) -> int:
-    """Run DVC in this process, with fast_lockfile_writes: what `dvc <args>` does, in less time per stage."""
-    fast_lockfile_writes()
-    from dvc.cli import main as dvc_main
-
-    return dvc_main(args)
 
 
 def main() -> None:
@@ -211,13 +177,10 @@ def main() -> None:
         os.close(ready_w)
         os.read(ready_r, 1)
         os.close(ready_r)
+        dvc_args = dvc_arguments(sys.argv[1:])
+        command = sys.argv[1:] if dvc_args is None else [sys.executable, "-m", "backdoorlab.dvcrun", *dvc_args]
         try:
-            dvc_args = dvc_arguments(sys.argv[1:])
-            if dvc_args is None:
-                code = subprocess.call(sys.argv[1:], env={**os.environ, ENV: path})
-            else:  # in this process, where fast_lockfile_writes applies; its stages inherit the variable
-                os.environ[ENV] = path
-                code = run_dvc(dvc_args)
+            code = subprocess.call(command, env={**os.environ, ENV: path})
         finally:
             os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)

@@ -1,0 +1,102 @@
+"""DVC with a cheaper dvc.lock rewrite: `python -m backdoorlab.dvcrun <dvc arguments>` is `dvc <dvc arguments>`.
+
+The warm-start worker runs every `dvc ...` command it is given this way (`make demo`).
+
+DVC rewrites the whole dvc.lock after every stage it runs. First it parses the file with
+ruamel.yaml's pure-Python round trip, which keeps comments and quoting styles. Then it writes
+every stage's entry again with ruamel's pure-Python writer. The demo's lock is 250 kB, mostly
+the stages' code deps. On a 2-core Zen 4 that is 0.9 s to parse and 0.55 s to write, after
+each of 72 stages.
+
+Here dvc.lock is read with the safe loader, ruamel's C parser, which is how DVC reads the file
+everywhere else. That is enough because a lock file has no comments, and its styles are the
+ones DVC's writer picks for plain values anyway. The writer is still DVC's own. It writes each
+stage's entry on its own, as the text it takes inside the whole file, and keeps that text for
+as long as the entry does not change. So a rewrite serializes only the stage that just ran.
+The bytes are DVC's: tests/test_dvcrun.py compares both ways on values whose YAML style is
+easy to get wrong, and on the committed lock files. Every file other than dvc.lock keeps
+DVC's round trip. With a DVC whose internals differ, nothing is patched: plain DVC runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from io import StringIO
+
+
+def _shares_objects(data) -> bool:
+    """Whether a dict or list appears twice in `data`: YAML would write an anchor, which no part alone can."""
+    seen: set[int] = set()
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (dict, list)):
+            if id(node) in seen:
+                return True
+            seen.add(id(node))
+            stack.extend(node.values() if isinstance(node, dict) else node)
+    return False
+
+
+def entry_writer(dump):
+    """DVC's writer `dump(data, stream)` for a whole lock file, serializing each stage's entry once.
+
+    A stage's text is what `dump` makes of {"stages": {name: entry}}, less its first line: the
+    same indentation and line folding as inside the whole file."""
+    texts: dict[tuple[str, str], str] = {}
+
+    def stage_text(name: str, entry) -> str:
+        key = (name, repr(entry))
+        if key not in texts:
+            out = StringIO()
+            dump({"stages": {name: entry}}, out)
+            texts[key] = out.getvalue().split("\n", 1)[1]
+        return texts[key]
+
+    def write(data, stream) -> None:
+        stages = data.get("stages") if isinstance(data, dict) else None
+        if not stages or not isinstance(stages, dict) or _shares_objects(data):
+            dump(data, stream)
+            return
+        for key, value in data.items():
+            if key == "stages":
+                stream.write("stages:\n" + "".join(stage_text(name, entry) for name, entry in stages.items()))
+            else:
+                out = StringIO()
+                dump({key: value}, out)
+                stream.write(out.getvalue())
+
+    return write
+
+
+def fast_lockfile_rewrites() -> bool:
+    """Patch DVC as the module's notes say; False (nothing changed) where its internals are not as expected."""
+    try:
+        from dvc import dvcfile
+        from dvc.utils.serialize import _common, _yaml
+    except ImportError:
+        return False
+    if not all(hasattr(m, n) for m, n in ((dvcfile, "modify_yaml"), (_common, "_modify_data"),
+                                           (_yaml, "parse_yaml"), (_yaml, "_dump"))):
+        return False
+    round_trip = dvcfile.modify_yaml
+    write = entry_writer(_yaml._dump)
+
+    def modify_yaml(path, fs=None):
+        if os.path.basename(os.fspath(path)) != "dvc.lock":
+            return round_trip(path, fs=fs)
+        return _common._modify_data(path, _yaml.parse_yaml, write, fs=fs)
+
+    dvcfile.modify_yaml = modify_yaml
+    return True
+
+
+def main() -> None:
+    fast_lockfile_rewrites()
+    from dvc.cli import main as dvc_main
+
+    sys.exit(dvc_main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""`python -m backdoorlab.dvcrun` is DVC with a cheaper dvc.lock rewrite: the same bytes, less work."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from dvc import dvcfile
+from dvc.utils.serialize import _yaml
+
+from backdoorlab import dvcrun
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lock_entry(cmd: str) -> OrderedDict:
+    """A stage's dvc.lock entry as DVC builds it, with the values whose YAML style is easy to get wrong."""
+    params = {"yes": "yes", "on": "on", "exponent_text": "1e-5", "exponent": 1e-05, "small": 0.0005, "empty": "",
+              "none": None, "null_text": "null", "unicode": "é ü", "mixed_list": [1, 2.5, "3"], "flag": True,
+              "leading_zero": "010", "big": 10 ** 20, "inf": float("inf"), "colon": "a: b", "hash_mark": "#c",
+              "newline": "line\nbreak", "negative_zero": -0.0, "nested": {"empty_list": []}, "hex_text": "0x10"}
+    return OrderedDict([
+        ("cmd", cmd),
+        ("deps", [OrderedDict([("path", "a b.py"), ("hash", "md5"), ("md5", "0123"), ("size", 12)])]),
+        ("params", {"params.yaml": params}),
+        ("outs", [OrderedDict([("path", "out"), ("hash", "md5"), ("md5", "x.dir"), ("size", 1), ("nfiles", 2)])]),
+    ])
+
+
+def test_the_fast_lockfile_path_writes_the_bytes_dvc_writes(tmp_path, monkeypatch):
+    """Three successive updates of one dvc.lock, by DVC's own round trip and by the patched one."""
+    long_cmd = "python -m stages.train --attack badnets --seed 0 " + "x" * 90  # folded at 80 columns
+
+    def three_updates(modify, folder):
+        path = tmp_path / folder / "dvc.lock"
+        path.parent.mkdir()
+        with modify(path) as data:
+            data.update({"schema": "2.0", "stages": {"train@badnets-0": lock_entry(long_cmd)}})
+        with modify(path) as data:
+            data["stages"]["report"] = OrderedDict([("cmd", "python -m stages.report")])
+        with modify(path) as data:
+            data["stages"]["train@badnets-0"] = lock_entry(long_cmd.replace("x", "y"))
+        return path.read_bytes()
+
+    monkeypatch.setattr(dvcfile, "modify_yaml", dvcfile.modify_yaml)  # undone after the test
+    dvcs_own = three_updates(dvcfile.modify_yaml, "round-trip")
+    assert dvcrun.fast_lockfile_rewrites()
+
+    def slow_parser(*_):
+        raise AssertionError("dvc.lock parsed by the round trip")
+
+    monkeypatch.setattr(_yaml, "parse_yaml_for_update", slow_parser)
+    assert three_updates(dvcfile.modify_yaml, "fast") == dvcs_own
+
+
+def test_files_other_than_dvc_lock_keep_dvcs_round_trip_and_their_comments(tmp_path, monkeypatch):
+    monkeypatch.setattr(dvcfile, "modify_yaml", dvcfile.modify_yaml)
+    assert dvcrun.fast_lockfile_rewrites()
+    path = tmp_path / "dvc.yaml"
+    path.write_text("stages:\n  report:  # the table\n    cmd: python -m stages.report\n")
+    with dvcfile.modify_yaml(path) as data:
+        data["stages"]["report"]["cmd"] = "python -m stages.report --all"
+    assert "# the table" in path.read_text()
+
+
+@pytest.mark.parametrize("config", ["demo", "cifar10-cpu"])
+def test_the_committed_lock_files_come_out_byte_for_byte_after_a_stage_changes(config):
+    text = (ROOT / config / "dvc.lock").read_text()
+    data = _yaml.parse_yaml(text, "dvc.lock")
+    write = dvcrun.entry_writer(_yaml._dump)
+    assert written(write, data) == text
+    name = next(iter(data["stages"]))
+    data["stages"][name] = lock_entry("python -m stages.data --changed")
+    assert written(write, data) == written(_yaml._dump, data)
+
+
+def test_an_unchanged_stage_entry_is_serialized_once():
+    calls = []
+
+    def dump(data, stream):
+        calls.append(data)
+        _yaml._dump(data, stream)
+
+    write = dvcrun.entry_writer(dump)
+    data = {"schema": "2.0", "stages": {"a": lock_entry("python -m a"), "b": lock_entry("python -m b")}}
+    first = written(write, data)
+    data["stages"]["b"] = lock_entry("python -m b --again")
+    second = written(write, data)
+    assert [list(c.get("stages", c)) for c in calls] == [["schema"], ["a"], ["b"], ["schema"], ["b"]]
+    assert first == written(_yaml._dump, {**data, "stages": {**data["stages"], "b": lock_entry("python -m b")}})
+    assert second == written(_yaml._dump, data)
+
+
+def test_data_that_shares_an_object_is_written_whole_as_dvc_would_with_its_anchor():
+    shared = {"params.yaml": {"lr": 0.1}}
+    data = {"schema": "2.0", "stages": {"a": {"cmd": "a", "params": shared}, "b": {"cmd": "b", "params": shared}}}
+    text = written(dvcrun.entry_writer(_yaml._dump), data)
+    assert text == written(_yaml._dump, data) and "&" in text
+
+
+def written(write, data) -> str:
+    out = StringIO()
+    write(data, out)
+    return out.getvalue()
