@@ -15,12 +15,19 @@ stage's entry on its own, as the text it takes inside the whole file, and keeps 
 as long as the entry does not change. So a rewrite serializes only the stage that just ran.
 The bytes are DVC's: tests/test_dvcrun.py compares both ways on values whose YAML style is
 easy to get wrong, and on the committed lock files. Every file other than dvc.lock keeps
-DVC's round trip. With a DVC whose internals differ, nothing is patched: plain DVC runs.
+DVC's round trip.
+
+DVC also reads the same dvc.lock again for every stage it considers (0.2 s with the C parser).
+Safe-loader results are kept by the text they came from, and each reader gets its own copy.
+With a DVC whose internals differ, nothing is patched: plain DVC runs.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import sys
+from collections import OrderedDict
 from io import StringIO
 
 
@@ -36,6 +43,26 @@ def _shares_objects(data) -> bool:
             seen.add(id(node))
             stack.extend(node.values() if isinstance(node, dict) else node)
     return False
+
+
+def remembering_parser(parse, keep: int = 4):
+    """DVC's `parse(text, path, typ)`, with the last `keep` safe-loader results kept by their text.
+
+    Each call gets a copy of its own (DVC changes what it reads before writing it back)."""
+    results: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def parse_yaml(text, path, typ="safe"):
+        if typ != "safe":
+            return parse(text, path, typ=typ)
+        key = hashlib.sha256(text.encode()).digest()
+        if key not in results:
+            results[key] = pickle.dumps(parse(text, path, typ=typ))
+            while len(results) > keep:
+                results.popitem(last=False)
+        results.move_to_end(key)
+        return pickle.loads(results[key])
+
+    return parse_yaml
 
 
 def entry_writer(dump):
@@ -73,21 +100,24 @@ def fast_lockfile_rewrites() -> bool:
     """Patch DVC as the module's notes say; False (nothing changed) where its internals are not as expected."""
     try:
         from dvc import dvcfile
+        from dvc.utils import strictyaml
         from dvc.utils.serialize import _common, _yaml
     except ImportError:
         return False
     if not all(hasattr(m, n) for m, n in ((dvcfile, "modify_yaml"), (_common, "_modify_data"),
-                                           (_yaml, "parse_yaml"), (_yaml, "_dump"))):
+                                           (_yaml, "parse_yaml"), (_yaml, "_dump"), (strictyaml, "parse_yaml"))):
         return False
     round_trip = dvcfile.modify_yaml
+    parse = remembering_parser(_yaml.parse_yaml)
     write = entry_writer(_yaml._dump)
 
     def modify_yaml(path, fs=None):
         if os.path.basename(os.fspath(path)) != "dvc.lock":
             return round_trip(path, fs=fs)
-        return _common._modify_data(path, _yaml.parse_yaml, write, fs=fs)
+        return _common._modify_data(path, parse, write, fs=fs)
 
     dvcfile.modify_yaml = modify_yaml
+    strictyaml.parse_yaml = parse  # how DVC reads dvc.yaml and dvc.lock to build its pipeline
     return True
 
 

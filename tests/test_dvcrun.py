@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from dvc import dvcfile
+from dvc.utils import strictyaml
 from dvc.utils.serialize import _yaml
 
 from backdoorlab import dvcrun
@@ -43,7 +44,7 @@ def test_the_fast_lockfile_path_writes_the_bytes_dvc_writes(tmp_path, monkeypatc
             data["stages"]["train@badnets-0"] = lock_entry(long_cmd.replace("x", "y"))
         return path.read_bytes()
 
-    monkeypatch.setattr(dvcfile, "modify_yaml", dvcfile.modify_yaml)  # undone after the test
+    undo_patches(monkeypatch)
     dvcs_own = three_updates(dvcfile.modify_yaml, "round-trip")
     assert dvcrun.fast_lockfile_rewrites()
 
@@ -55,7 +56,7 @@ def test_the_fast_lockfile_path_writes_the_bytes_dvc_writes(tmp_path, monkeypatc
 
 
 def test_files_other_than_dvc_lock_keep_dvcs_round_trip_and_their_comments(tmp_path, monkeypatch):
-    monkeypatch.setattr(dvcfile, "modify_yaml", dvcfile.modify_yaml)
+    undo_patches(monkeypatch)
     assert dvcrun.fast_lockfile_rewrites()
     path = tmp_path / "dvc.yaml"
     path.write_text("stages:\n  report:  # the table\n    cmd: python -m stages.report\n")
@@ -103,3 +104,27 @@ def written(write, data) -> str:
     out = StringIO()
     write(data, out)
     return out.getvalue()
+
+
+def test_a_text_read_again_is_parsed_once_and_every_reader_gets_its_own_copy():
+    texts = []
+
+    def parse(text, path, typ="safe"):
+        texts.append(text)
+        return _yaml.parse_yaml(text, path, typ=typ)
+
+    read = dvcrun.remembering_parser(parse, keep=2)
+    first, again = read("a: [1, 2]\n", "dvc.lock"), read("a: [1, 2]\n", "dvc.lock")
+    assert first == again == {"a": [1, 2]} and first is not again and first["a"] is not again["a"]
+    first["a"].append(3)  # DVC edits what it reads: the next reader must not see it
+    assert read("a: [1, 2]\n", "dvc.lock") == {"a": [1, 2]}
+    read("b: 1\n", "x"), read("c: 1\n", "x"), read("a: [1, 2]\n", "dvc.lock")  # only the last 2 are kept
+    read("a: x\n", "dvc.lock", typ="rt")  # the round trip is never kept
+    read("a: x\n", "dvc.lock", typ="rt")
+    assert texts == ["a: [1, 2]\n", "b: 1\n", "c: 1\n", "a: [1, 2]\n", "a: x\n", "a: x\n"]
+
+
+def undo_patches(monkeypatch) -> None:
+    """fast_lockfile_rewrites patches DVC's module attributes; the test puts them back afterwards."""
+    monkeypatch.setattr(dvcfile, "modify_yaml", dvcfile.modify_yaml)
+    monkeypatch.setattr(strictyaml, "parse_yaml", strictyaml.parse_yaml)
