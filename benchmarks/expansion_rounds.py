@@ -60,8 +60,9 @@ def score_split(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, poi
             "anchors": (int((anchors & poisoned).sum()), int(anchors.sum()))}
 
 
-def probe(attack: str, seed: int, rounds: int) -> tuple[str, list[dict]]:
-    """Every round of the expansion for one run: a description and one score per round."""
+def probe(attack: str, seed: int, rounds: int, speed_filter: bool = True) -> tuple[str, list[dict]]:
+    """Every round of the expansion for one run: a description and one score per round. Without
+    `speed_filter` (`abl.expand: features_alone`) every example of the label counts as fast."""
     p = params.load(params.MODEL_KEYS)
     data = training_set(check_model_name(attack))
     require(model_file(attack, seed, FINETUNED), isolated_file(attack, seed))
@@ -76,7 +77,8 @@ def probe(attack: str, seed: int, rounds: int) -> tuple[str, list[dict]]:
     poisoned = np.isin(members, data.poison_indices)
     model = rt.prepare(load_model(model_file(attack, seed, FINETUNED)))
     f = features(model, x[torch.from_numpy(members).to(x.device)], rt)
-    isolated, fast = np.isin(members, chosen), fast_learned(isolation["speed"], members)
+    isolated = np.isin(members, chosen)
+    fast = fast_learned(isolation["speed"] if speed_filter else None, members)
     scores = [score_split(s, isolated, fast, poisoned) for s in feature_splits(f, isolated, fast, rounds)]
     kept = max(range(len(scores)), key=lambda i: scores[i]["separation"])  # the defense's choice: first of ties
     for i, s in enumerate(scores):
@@ -109,12 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for attack in args.attacks:
             check_model_name(attack)
-        rounds = args.rounds or params.load(["abl.expand_rounds"],
-                                            extra={"abl.expand_rounds": params.integer(1)})["abl.expand_rounds"]
-        lines = [f"CPU: {cpu_model()}, torch {torch.__version__}, rounds at most {rounds}", ""] + HEADER
+        abl = params.load(["abl.expand_rounds", "abl.expand"],
+                          extra={"abl.expand_rounds": params.integer(1),
+                                 "abl.expand": params.choice("features", "features_alone")})
+        rounds = args.rounds or abl["abl.expand_rounds"]
+        lines = [f"CPU: {cpu_model()}, torch {torch.__version__}, rounds at most {rounds}, "
+                 f"abl.expand: {abl['abl.expand']}", ""] + HEADER
         for attack in args.attacks:
             for seed in args.seeds:
-                lines += table(*probe(attack, seed, rounds))
+                lines += table(*probe(attack, seed, rounds, abl["abl.expand"] == "features"))
                 print(lines[-1], file=sys.stderr, flush=True)
     except (ParamError, FileNotFoundError) as exc:
         parser.exit(2, f"{exc}\n")

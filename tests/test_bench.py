@@ -170,6 +170,14 @@ def test_the_expansion_probe_scores_a_round_by_what_the_unlearning_would_take_fr
     assert score["anchors"] == (1, 2) and score["separation"] == 0.8
 
 
+@pytest.mark.parametrize("probe", ["expansion_rounds", "isolation_confirm", "isolation_replay"])
+def test_the_probes_run_from_a_configuration_folder_as_their_usage_says(probe):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{probe}", "--help"], cwd=ROOT / "demo",
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and f"python -m benchmarks.{probe}" in result.stdout
+
+
 def test_the_expansion_probe_names_the_attacks_it_can_read_and_exits_2(tmp_path):
     (tmp_path / "params.yaml").write_text("abl:\n  expand_rounds: 10\n")
     result = subprocess.run([sys.executable, "-m", "benchmarks.expansion_rounds", "nosuch", "--output",
@@ -197,3 +205,9 @@ def test_the_expansion_probe_takes_from_its_kept_round_exactly_what_the_defense_
     defense = expand_in_features(model, x, y, isolated, CPU, speed, rounds=10)
     assert len(splits) > 1 and forget.sum() > len(isolated)
     assert np.array_equal(members[forget], defense.forget) and np.array_equal(members[anchors], defense.anchors)
+    # abl.expand: features_alone, which the probe mirrors by counting every example as fast
+    every = fast_learned(None, members)
+    kept = max(feature_splits(features(model, x, CPU), mask, every, 10), key=lambda s: s.separation)
+    forget, anchors = unlearning_sets(kept, mask, every)
+    alone = expand_in_features(model, x, y, isolated, CPU, None, rounds=10)
+    assert np.array_equal(members[forget], alone.forget) and np.array_equal(members[anchors], alone.anchors)
