@@ -10,6 +10,7 @@ from pathlib import Path
 
 CLEAN = "clean"  # the reference model's name: trained on the clean training set
 NO_DEFENSE = "no_defense"  # the kind of model trained on a data set as it is
+CLEAN_MODEL = "clean_model"  # the clean reference model, scored on an attack's data sets
 
 DATASET = Path("data/dataset.npz")
 SURROGATE = Path("models/surrogate.pt")
@@ -38,7 +39,7 @@ def model_file(name: str, seed: int, kind: str = NO_DEFENSE) -> Path:
 
 
 def scores_file(name: str, seed: int, kind: str = NO_DEFENSE) -> Path:
-    """metrics/scores/<clean or attack>/seed<k>/<no_defense or a defense>.json: one model's row of the table."""
+    """metrics/scores/<clean or attack>/seed<k>/<no_defense, clean_model or a defense>.json: a row of the table."""
     return SCORES / name / seed_dir(seed) / f"{kind}.json"
 
 

@@ -1,7 +1,9 @@
 """The results table: one row per model, one column per metric, mean +- std over the training seeds.
 
-Rows: the clean reference model; then per attack (registry order) the model with no
-defense and one row per defense (registry order). Cells hold the mean over seeds and,
+Rows: the clean reference model; then per attack (registry order) the clean model
+scored on that attack's data sets (the ASR a model reaches with no poison at all, the
+floor a defense is read against), the model with no defense and one row per defense
+(registry order). Cells hold the mean over seeds and,
 with several seeds, the standard deviation; `worst-seed ASR` is the highest ASR any
 seed reached. Isolation precision/recall appear on the rows of defenses that isolate
 (their summary counts `isolated` examples).
@@ -15,7 +17,7 @@ import pandas as pd
 
 from .attacks import ATTACKS
 from .defenses import DEFENSES
-from .layout import CLEAN, NO_DEFENSE
+from .layout import CLEAN, CLEAN_MODEL, NO_DEFENSE
 from .storage import load_json
 
 COLUMNS = {  # metric key -> column title; accuracies are shown in percent
@@ -30,6 +32,7 @@ COLUMNS = {  # metric key -> column title; accuracies are shown in percent
     "isolation_precision": "isolation precision %",
     "isolation_recall": "isolation recall %",
 }
+KIND_LABELS = {CLEAN_MODEL: "{}, clean model", NO_DEFENSE: "{}, no defense"}  # defenses: "<attack> + <defense>"
 PERCENT = {"train_acc_clean", "train_acc_poisoned", "test_acc", "target_class_acc", "asr", "worst_asr",
            "isolation_precision", "isolation_recall"}
 
@@ -63,8 +66,8 @@ def per_seed_rows(scores_dir: Path, isolation_dir: Path) -> list[dict]:
     for seed_row in _rows_of(scores_dir, isolation_dir, CLEAN, NO_DEFENSE):
         out.append({"model": "clean data (reference)", **seed_row})
     for attack in ATTACKS:
-        for kind in [NO_DEFENSE, *DEFENSES]:
-            label = f"{attack}, no defense" if kind == NO_DEFENSE else f"{attack} + {kind}"
+        for kind in [CLEAN_MODEL, NO_DEFENSE, *DEFENSES]:
+            label = KIND_LABELS[kind].format(attack) if kind in KIND_LABELS else f"{attack} + {kind}"
             out += [{"model": label, "attack": attack, **r} for r in _rows_of(scores_dir, isolation_dir, attack, kind)]
     return out
 

@@ -5,7 +5,8 @@
 
 Each point of the grid is one DVC experiment (`dvc exp run -n <name> -S key=value ...`)
 that runs only the attack's stages for every seed in params.yaml (its poison, the
-no-defense model, the isolation and every defense), so the clean model and the other
+no-defense model, the clean model's scores on the attack's data sets, the isolation and
+every defense), so the clean model and the other
 attacks are not retrained; `dvc exp show` lists them afterwards. The same params serve
 every point: nothing is retuned per setting. After each experiment its scores are read
 from the workspace; at the end the workspace is put back as it was (the sweep refuses
@@ -13,7 +14,7 @@ to start unless the folder is committed) and the table is written to
 sweeps/<name>.csv (one row per setting, model and seed; `--name`, by default the attack)
 and sweeps/<name>.md (per setting, the report's table: mean +- std over seeds, the worst seed's ASR,
 isolation precision and recall; the clean model's accuracy on that target class,
-from its per-class accuracy, as the yardstick).
+from its per-class accuracy, and its ASR on the attack's triggered images, as the yardsticks).
 """
 from __future__ import annotations
 
@@ -53,9 +54,10 @@ def grid(settings: list[str], params: dict) -> list[dict[str, str]]:
 
 
 def stages(attack: str, seeds: list[int]) -> list[str]:
-    """The attack's no-defense and defense stages per seed: DVC runs their poison and isolation with them."""
+    """The attack's no-defense, clean-model and defense stages per seed: DVC runs their poison and isolation
+    with them."""
     return [f"{stage}@{attack}-{seed}" for seed in seeds
-            for stage in ["train", *(f"defend_{d}" for d in DEFENSES)]]
+            for stage in ["train", "score_clean", *(f"defend_{d}" for d in DEFENSES)]]
 
 
 def name_of(attack: str, setting: dict[str, str]) -> str:

@@ -191,6 +191,12 @@ CASES = {
                                "error: train.epochs: got True (bool); allowed: an integer >= 1"),
     "attack not poisoned yet": (unchanged, ["stages.train", "sig", "0"],
                                 "error: name: no poisoned data set for 'sig'; allowed: clean, badnets"),
+    "the clean model scored as an attack": (unchanged, ["stages.score_clean", "clean", "0"],
+                                            "error: attack: 'clean' is the clean model itself; allowed: an attack "
+                                            "whose poison stage ran"),
+    "clean model not trained yet": (unchanged, ["stages.score_clean", "badnets", "0"],
+                                    "error: models/clean/seed0/no_defense.pt: missing; run `dvc repro` so the "
+                                    "stage that writes it runs first"),
     "missing key": (drop_key("isolate.gamma"), ["stages.isolate", "badnets", "0"],
                     "error: isolate.gamma: missing from params.yaml; allowed: a number >= 0"),
     "unknown defense": (unchanged, ["stages.defend", "nope", "badnets", "0"],

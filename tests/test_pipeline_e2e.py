@@ -99,7 +99,7 @@ def table_rows(repo: Path) -> list[str]:
 def test_repro_builds_every_row_of_the_results_table(repo, first_run):
     expected = ["clean data (reference)"]
     for attack in ATTACKS:
-        expected += [f"{attack}, no defense"] + [f"{attack} + {defense}" for defense in DEFENSES]
+        expected += [f"{attack}, clean model", f"{attack}, no defense"] + [f"{attack} + {d}" for d in DEFENSES]
     assert table_rows(repo) == expected
     table = (repo / "metrics" / "results.md").read_text()
     assert "clean_label surrogate (adversarially trained)" in table and "cross-trigger" in table
@@ -114,12 +114,21 @@ def test_repro_builds_every_row_of_the_results_table(repo, first_run):
     assert "clean data (reference)" in first_run  # the report prints the table
 
 
+def test_each_attacks_clean_model_row_is_the_reference_model_scored_on_that_attacks_data_sets(repo, first_run):
+    reference = json.loads((repo / "metrics/scores/clean/seed0/no_defense.json").read_text())
+    for attack in ATTACKS:
+        row = json.loads((repo / f"metrics/scores/{attack}/seed0/clean_model.json").read_text())
+        assert row["test_acc"] == reference["test_acc"] and row["class_acc"] == reference["class_acc"]
+        attacked = json.loads((repo / f"metrics/scores/{attack}/seed0/no_defense.json").read_text())
+        assert 0 <= row["asr"] <= 1 and row["target"] == attacked["target"]
+
+
 def test_a_second_repro_has_nothing_to_do(repo, first_run):
     assert stages_run(dvc(repo, "repro")) == set()
 
 
 def attack_stages(attack: str, seeds=(0,)) -> set[str]:
-    per_seed = {f"train@{attack}-{s}" for s in seeds} | {f"isolate@{attack}-{s}" for s in seeds}
+    per_seed = {f"{stage}@{attack}-{s}" for stage in ("train", "score_clean", "isolate") for s in seeds}
     per_seed |= {f"defend_{d}@{attack}-{s}" for d in DEFENSES for s in seeds}
     return {f"poison_{attack}", "report"} | per_seed
 
@@ -151,6 +160,7 @@ def test_editing_the_training_loop_makes_every_stage_that_trains_or_scores_stale
     stale = stale_after_editing(repo, "training.py")
     trains = {"surrogate", "attacker", "train_clean@0"} | {f"train@{a}-0" for a in ATTACKS}
     trains |= {f"isolate@{a}-0" for a in ATTACKS} | {f"defend_{d}@{a}-0" for d in DEFENSES for a in ATTACKS}
+    trains |= {f"score_clean@{a}-0" for a in ATTACKS}
     assert trains <= stale
     assert not {name for name in stale if name == "data" or name.startswith("poison_") or name == "report"}
 
@@ -223,7 +233,8 @@ def test_a_sweep_runs_one_experiment_per_setting_with_only_the_attacks_stages_th
     experiments = shell(repo, sys.executable, "-m", "dvc", "exp", "list", "--name-only")
     assert {"badnets-badnetsrate0.05", "badnets-badnetsrate0.2"} <= set(experiments.split())
     rows = pd.read_csv(repo / "sweeps" / "badnets.csv")
-    models = ["clean data (reference)", "badnets, no defense"] + [f"badnets + {d}" for d in DEFENSES]
+    models = ["clean data (reference)", "badnets, clean model", "badnets, no defense"]
+    models += [f"badnets + {d}" for d in DEFENSES]
     for rate in (0.05, 0.2):
         assert sorted(rows.loc[rows["attack.badnets_rate"] == rate, "model"]) == sorted(models)
     assert rows["asr"].notna().any() and "target_class_acc" in rows

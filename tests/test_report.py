@@ -30,6 +30,8 @@ def metrics_dir(tmp_path):
               row(0.85, 0.02, defense={"isolated": 10}))
     save_json(tmp_path / scores_file("badnets", 1, "abl").relative_to("metrics"),
               row(0.83, 0.10, defense={"isolated": 8}))
+    for seed, asr in enumerate([0.04, 0.0]):  # the clean model on badnets' triggered images
+        save_json(tmp_path / scores_file("badnets", seed, "clean_model").relative_to("metrics"), row(0.92, asr))
     for seed, precision in enumerate([1.0, 0.5]):
         save_json(tmp_path / isolation_metrics("badnets", seed).relative_to("metrics"),
                   {"precision": precision, "recall": 0.1})
@@ -38,8 +40,16 @@ def metrics_dir(tmp_path):
 
 def test_rows_follow_the_registry_order_and_skip_models_not_trained(metrics_dir):
     mean, _ = results_table(*metrics_dir)
-    assert list(mean.index) == ["clean data (reference)", "badnets, no defense", "badnets + abl"]
-    assert mean["seeds"].tolist() == [2, 2, 2]
+    assert list(mean.index) == ["clean data (reference)", "badnets, clean model", "badnets, no defense",
+                                "badnets + abl"]
+    assert mean["seeds"].tolist() == [2, 2, 2, 2]
+
+
+def test_each_attack_has_a_row_for_the_clean_model_on_its_triggered_images_the_asr_with_no_poison(metrics_dir):
+    mean, _ = results_table(*metrics_dir)
+    assert mean.loc["badnets, clean model", "asr"] == pytest.approx(2.0)
+    assert mean.loc["badnets, clean model", "worst_asr"] == pytest.approx(4.0)
+    assert math.isnan(mean.loc["badnets, clean model", "isolation_precision"])
 
 
 def test_cells_are_the_mean_and_sample_std_over_seeds_in_percent(metrics_dir):
@@ -89,7 +99,7 @@ def test_markdown_shows_the_mean_alone_with_one_seed(metrics_dir):
     for seed1 in scores.glob("*/seed1"):
         shutil.rmtree(seed1)
     mean, std = results_table(scores, isolation)
-    assert mean["seeds"].tolist() == [1, 1, 1]
+    assert mean["seeds"].tolist() == [1, 1, 1, 1]
     assert markdown_cells(to_markdown(mean, std))["badnets + abl"]["ASR %"] == "2.0"
 
 
