@@ -19,7 +19,10 @@ DVC's round trip.
 
 DVC also reads the same dvc.lock again for every stage it considers (0.2 s with the C parser).
 Safe-loader results are kept by the text they came from, and each reader gets its own copy.
-With a DVC whose internals differ, nothing is patched: plain DVC runs.
+A lock just written is kept too, as the data it was written from, so the next read of it
+parses nothing; only data made of the types the safe loader gives back (dict, list, str,
+int, float, bool, None) is kept that way, and tests check it equals what parsing the text
+gives. With a DVC whose internals differ, nothing is patched: plain DVC runs.
 """
 from __future__ import annotations
 
@@ -45,24 +48,53 @@ def _shares_objects(data) -> bool:
     return False
 
 
-def remembering_parser(parse, keep: int = 4):
+LOADED_SCALARS = (str, int, float, bool, type(None))  # what the safe loader makes of a YAML scalar
+
+
+def as_loaded(data):
+    """`data` as the safe loader would give it back: plain dicts (string keys, order kept), lists and
+    scalars of exactly LOADED_SCALARS' types. Raises TypeError for anything else (a tuple, a str subclass)."""
+    if type(data) in LOADED_SCALARS:
+        return data
+    if isinstance(data, dict) and all(type(k) is str for k in data):
+        return {k: as_loaded(v) for k, v in data.items()}
+    if type(data) is list:
+        return [as_loaded(v) for v in data]
+    raise TypeError(f"{type(data).__name__} is not what the safe loader returns")
+
+
+class RememberingParser:
     """DVC's `parse(text, path, typ)`, with the last `keep` safe-loader results kept by their text.
 
-    Each call gets a copy of its own (DVC changes what it reads before writing it back)."""
-    results: OrderedDict[bytes, bytes] = OrderedDict()
+    Each call gets a copy of its own (DVC changes what it reads before writing it back).
+    `remember(text, data)` keeps what a writer just wrote, so that reading it back parses nothing."""
 
-    def parse_yaml(text, path, typ="safe"):
+    def __init__(self, parse, keep: int = 4):
+        self.parse, self.keep = parse, keep
+        self.results: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def _keep(self, key: bytes, data) -> None:
+        self.results[key] = pickle.dumps(data)
+        while len(self.results) > self.keep:
+            self.results.popitem(last=False)
+
+    def __call__(self, text, path, typ="safe"):
         if typ != "safe":
-            return parse(text, path, typ=typ)
+            return self.parse(text, path, typ=typ)
         key = hashlib.sha256(text.encode()).digest()
-        if key not in results:
-            results[key] = pickle.dumps(parse(text, path, typ=typ))
-            while len(results) > keep:
-                results.popitem(last=False)
-        results.move_to_end(key)
-        return pickle.loads(results[key])
+        if key not in self.results:
+            self._keep(key, self.parse(text, path, typ=typ))
+        self.results.move_to_end(key)
+        return pickle.loads(self.results[key])
 
-    return parse_yaml
+    def remember(self, text: str, data) -> None:
+        try:
+            loaded = as_loaded(data) or {}  # DVC's parser gives {} for an empty document
+        except (TypeError, RecursionError):
+            return  # read back by parsing, as usual
+        key = hashlib.sha256(text.encode()).digest()
+        self.results.pop(key, None)
+        self._keep(key, loaded)
 
 
 def entry_writer(dump):
@@ -108,13 +140,19 @@ def fast_lockfile_rewrites() -> bool:
                                            (_yaml, "parse_yaml"), (_yaml, "_dump"), (strictyaml, "parse_yaml"))):
         return False
     round_trip = dvcfile.modify_yaml
-    parse = remembering_parser(_yaml.parse_yaml)
+    parse = RememberingParser(_yaml.parse_yaml)
     write = entry_writer(_yaml._dump)
+
+    def write_and_remember(data, stream) -> None:
+        out = StringIO()
+        write(data, out)
+        stream.write(out.getvalue())
+        parse.remember(out.getvalue(), data)
 
     def modify_yaml(path, fs=None):
         if os.path.basename(os.fspath(path)) != "dvc.lock":
             return round_trip(path, fs=fs)
-        return _common._modify_data(path, parse, write, fs=fs)
+        return _common._modify_data(path, parse, write_and_remember, fs=fs)
 
     dvcfile.modify_yaml = modify_yaml
     strictyaml.parse_yaml = parse  # how DVC reads dvc.yaml and dvc.lock to build its pipeline

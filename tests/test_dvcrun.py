@@ -113,7 +113,7 @@ def test_a_text_read_again_is_parsed_once_and_every_reader_gets_its_own_copy():
         texts.append(text)
         return _yaml.parse_yaml(text, path, typ=typ)
 
-    read = dvcrun.remembering_parser(parse, keep=2)
+    read = dvcrun.RememberingParser(parse, keep=2)
     first, again = read("a: [1, 2]\n", "dvc.lock"), read("a: [1, 2]\n", "dvc.lock")
     assert first == again == {"a": [1, 2]} and first is not again and first["a"] is not again["a"]
     first["a"].append(3)  # DVC edits what it reads: the next reader must not see it
@@ -122,6 +122,53 @@ def test_a_text_read_again_is_parsed_once_and_every_reader_gets_its_own_copy():
     read("a: x\n", "dvc.lock", typ="rt")  # the round trip is never kept
     read("a: x\n", "dvc.lock", typ="rt")
     assert texts == ["a: [1, 2]\n", "b: 1\n", "c: 1\n", "a: [1, 2]\n", "a: x\n", "a: x\n"]
+
+
+def same(a, b) -> bool:
+    """Equal with the same types all the way down (1 == 1.0 == True in Python, not in YAML)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_a_lock_just_written_is_read_back_without_parsing_as_parsing_its_text_would_give_it(tmp_path, monkeypatch):
+    undo_patches(monkeypatch)
+    parsed = []
+    original = _yaml.parse_yaml
+
+    def counting(text, path, typ="safe"):
+        parsed.append(text)
+        return original(text, path, typ=typ)
+
+    monkeypatch.setattr(_yaml, "parse_yaml", counting)
+    assert dvcrun.fast_lockfile_rewrites()
+    path = tmp_path / "dvc.lock"
+    committed = original((ROOT / "demo" / "dvc.lock").read_text(), "dvc.lock")
+    with dvcfile.modify_yaml(path) as data:
+        data.update(committed)
+        data["stages"]["train@badnets-0"] = lock_entry("python -m stages.train badnets 0 --awkward")
+    text = path.read_text()
+    parsed.clear()
+    assert same(strictyaml.parse_yaml(text, str(path)), original(text, str(path)))
+    assert parsed == []  # remembered from the write
+
+
+def test_data_with_a_type_the_safe_loader_never_returns_is_not_remembered():
+    parsed = []
+
+    def parse(text, path, typ="safe"):
+        parsed.append(text)
+        return _yaml.parse_yaml(text, path, typ=typ)
+
+    read = dvcrun.RememberingParser(parse)
+    read.remember("a:\n- 1\n", {"a": (1,)})  # a tuple: the loader gives a list back
+    read.remember("b: x\n", {"b": "x"})
+    assert read("a:\n- 1\n", "dvc.lock") == {"a": [1]} and read("b: x\n", "dvc.lock") == {"b": "x"}
+    assert parsed == ["a:\n- 1\n"]
 
 
 def undo_patches(monkeypatch) -> None:
