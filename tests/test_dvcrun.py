@@ -171,7 +171,29 @@ def test_data_with_a_type_the_safe_loader_never_returns_is_not_remembered():
     assert parsed == ["a:\n- 1\n"]
 
 
+def test_a_text_is_checked_against_a_schema_once_and_a_failing_one_every_time():
+    from voluptuous import Schema
+
+    checks = []
+    lock_schema, other_schema = Schema({"a": int}), Schema({"a": int})
+
+    def validate(data, schema, text=None, path=None, rev=None):
+        checks.append((text, schema is lock_schema))
+        return strictyaml.validate(data, schema, text=text, path=path, rev=rev)
+
+    checked = dvcrun.remembering_validator(validate)
+    for _ in range(2):
+        checked({"a": 1}, lock_schema, text="a: 1\n", path="dvc.lock")
+    checked({"a": 1}, other_schema, text="a: 1\n", path="dvc.lock")  # another schema: checked
+    checked({"a": 1}, lock_schema)  # no text: DVC uses the result, checked every time
+    for _ in range(2):
+        with pytest.raises(strictyaml.YAMLValidationError):
+            checked({"a": "x"}, lock_schema, text="a: x\n", path="dvc.lock")
+    assert checks == [("a: 1\n", True), ("a: 1\n", False), (None, True), ("a: x\n", True), ("a: x\n", True)]
+
+
 def undo_patches(monkeypatch) -> None:
     """fast_lockfile_rewrites patches DVC's module attributes; the test puts them back afterwards."""
     monkeypatch.setattr(dvcfile, "modify_yaml", dvcfile.modify_yaml)
     monkeypatch.setattr(strictyaml, "parse_yaml", strictyaml.parse_yaml)
+    monkeypatch.setattr(strictyaml, "validate", strictyaml.validate)
