@@ -21,8 +21,9 @@ def test_a_stage_waits_for_every_stage_writing_what_it_reads_and_nothing_else():
     graph = stages(ROOT / "demo")
     assert graph["defend_abl@badnets-1"].after == {"data", "poison_badnets", "isolate@badnets-1", "train@badnets-1"}
     assert graph["poison_clean_label"].after == {"data", "surrogate"}
+    assert graph["score_clean@sig-1"].after == {"data", "poison_sig", "train_clean@1"}
     assert graph["report"].after == {n for n in graph if n.split("@")[0] in (  # the stages writing metrics and logs
-        "train_clean", "train", "isolate", "defend_abl", "defend_abl_paper", "surrogate", "attacker")}
+        "train_clean", "train", "score_clean", "isolate", "defend_abl", "defend_abl_paper", "surrogate", "attacker")}
     assert graph["data"].after == set()
 
 
