@@ -46,16 +46,20 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:
-    """An .npz file that np.load reads; byte-identical for identical arrays (no zip timestamps),
-    so DVC sees an unchanged output when a stage reruns to the same result."""
+    """An .npz file that np.load reads; byte-identical for identical arrays, so DVC sees an unchanged
+    output when a stage reruns to the same result. No zip timestamps, and each member is written whole
+    with its size known: zipfile's streamed zip64 headers differ between Python patch releases (3.11.2
+    and 3.11.7 wrote different bytes for the same arrays), the plain ones do not."""
     with atomic_path(path, suffix=".npz") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
         for name, value in arrays.items():
             value = np.asarray(value)
             if value.dtype == object:
                 raise TypeError(f"{name}: object arrays cannot be stored without pickle")
+            member = io.BytesIO()
+            np.lib.format.write_array(member, value, allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, value, allow_pickle=False)
+            info.external_attr = 0o600 << 16
+            archive.writestr(info, member.getvalue())
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
