@@ -152,14 +152,22 @@ def notes(surrogate_file: Path, attacker_file: Path) -> str:
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
+def clean_model_floors(mean: pd.DataFrame) -> dict[str, float]:
+    """Each attack's clean-model ASR (mean over seeds, %) from results_table's means."""
+    labels = {KIND_LABELS[CLEAN_MODEL].format(attack): attack for attack in ATTACKS}
+    return {labels[row]: float(mean.loc[row, "asr"]) for row in mean.index
+            if row in labels and not pd.isna(mean.loc[row, "asr"])}
+
+
 def read_curve(folder: Path, metric: str) -> pd.DataFrame | None:
     """A dvclive curve: columns `step` and the metric."""
     path = folder / "plots" / "metrics" / f"{metric}.tsv"
     return pd.read_csv(path, sep="\t") if path.exists() else None
 
 
-def unlearning_curves(logs_dir: Path, defense: str):
-    """CA and ASR after each unlearning epoch (0: before), one colour per attack, one line per seed."""
+def unlearning_curves(logs_dir: Path, defense: str, floors: dict[str, float] | None = None):
+    """CA and ASR after each unlearning epoch (0: before), one colour per attack, one line per seed; `floors`
+    (attack -> the clean model's mean ASR, in %) draws each attack's floor as a dashed line."""
     from .gallery import plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
@@ -171,7 +179,11 @@ def unlearning_curves(logs_dir: Path, defense: str):
                 if curve is not None:
                     ax.plot(curve["step"], 100 * curve[metric], marker=".", color=colours[i % len(colours)],
                             alpha=0.8, label=attack if j == 0 else None)
-    for ax, title in zip(axes, ("clean accuracy (CA) %", "attack success rate (ASR) %")):
+        if floors and attack in floors:
+            axes[1].axhline(floors[attack], color=colours[i % len(colours)], linestyle="--", linewidth=0.8,
+                            alpha=0.8)
+    titles = ("clean accuracy (CA) %", "attack success rate (ASR) %" + (", dashed: clean model" if floors else ""))
+    for ax, title in zip(axes, titles):
         ax.set_title(f"{defense}: {title}", fontsize=9)
         ax.set_xlabel("unlearning epoch (0: before unlearning)")
         ax.grid(alpha=0.3)

@@ -8,7 +8,8 @@ mean +- std over the training seeds.
 
 Reads   metrics/scores/, metrics/isolation/, metrics/attacker.json, metrics/surrogate.json, logs/abl*/
 Writes  metrics/results.md, metrics/results.csv (per seed), metrics/results.json (the table, for
-        `dvc metrics diff`), plots/unlearning/<defense>.png (CA and ASR per unlearning epoch)
+        `dvc metrics diff`), plots/unlearning/<defense>.png (CA and ASR per unlearning epoch, each attack's
+        clean-model ASR dashed)
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pandas as pd
 
 from backdoorlab.defenses import DEFENSES
 from backdoorlab.layout import ATTACKER_METRICS, ISOLATION, LOGS, RESULTS, SCORES, SURROGATE_METRICS
-from backdoorlab.report import notes, per_seed_rows, results_table, summary_metrics, to_markdown, unlearning_curves
+from backdoorlab.report import (clean_model_floors, notes, per_seed_rows, results_table, summary_metrics, to_markdown,
+                                unlearning_curves)
 from backdoorlab.runner import phase, run_stage, stage_parser
 from backdoorlab.storage import atomic_path, save_figure, save_json, save_text
 
@@ -33,7 +35,7 @@ def main(args) -> None:
         per_seed.to_csv(tmp, index=False, float_format="%.4f")
     with phase("pictures"):
         for defense in DEFENSES:
-            save_figure(f"plots/unlearning/{defense}.png", unlearning_curves(LOGS, defense))
+            save_figure(f"plots/unlearning/{defense}.png", unlearning_curves(LOGS, defense, clean_model_floors(mean)))
     print(markdown)
 
 

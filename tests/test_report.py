@@ -71,6 +71,12 @@ def test_the_clean_model_target_class_accuracy_is_its_accuracy_on_the_attacks_ta
     assert mean.loc["clean data (reference)", "target_class_acc"] == pytest.approx(82.0)
 
 
+def test_the_unlearning_plot_reads_each_attacks_floor_from_its_clean_model_row(metrics_dir):
+    from backdoorlab.report import clean_model_floors
+
+    assert clean_model_floors(results_table(*metrics_dir)[0]) == {"badnets": pytest.approx(2.0)}
+
+
 def test_isolation_scores_appear_only_on_rows_of_defenses_that_isolate(metrics_dir):
     mean, _ = results_table(*metrics_dir)
     assert mean.loc["badnets + abl", "isolation_precision"] == pytest.approx(75.0)
