@@ -1,7 +1,8 @@
 """Stage `report`: gather every model's scores into the results table and print it.
 
 Rows: the clean model; per attack, the clean model on that attack's data sets (the
-ASR with no poison), no defense and one row per defense (registry order). Columns: train accuracy on the clean and poisoned parts, CA, target-class
+ASR with no poison), no defense and one row per defense (registry order). Columns:
+train accuracy on the clean and poisoned parts, CA, target-class
 accuracy (for the clean model: its accuracy on the attacks' target class), ASR and
 the worst seed's ASR, train/test loss, isolation precision/recall. Each cell is the
 mean +- std over the training seeds.
