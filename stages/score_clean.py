@@ -9,7 +9,8 @@ scored exactly as the attack's own models are (same metrics, same precision), on
 attack's training set (its poisoned part with the labels the attacker gave it) and
 its triggered test images. Scoring only: it trains nothing and decides nothing.
 
-Reads   models/clean/seed<k>/no_defense.pt, data/dataset.npz, data/poisoned/<attack>/ ; params train.*
+Reads   models/clean/seed<k>/no_defense.pt, data/dataset.npz, data/poisoned/<attack>/ ;
+        params train.{arch,batch_size,precision}
 Writes  metrics/scores/<attack>/seed<k>/clean_model.json   the attack's "clean model" row of the table
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from backdoorlab.runner import add_seed, phase, run_stage, stage_parser
 from backdoorlab.runtime import Runtime
 from backdoorlab.storage import save_json
 
-PARAMS = params.TRAIN_KEYS  # the clean model is scored in the precision it was trained in
+PARAMS = ["train.arch", "train.batch_size", "train.precision"]  # the precision the clean model trained in
 
 
 def main(args) -> None:
