@@ -170,7 +170,7 @@ def test_the_expansion_probe_scores_a_round_by_what_the_unlearning_would_take_fr
     assert score["anchors"] == (1, 2) and score["separation"] == 0.8
 
 
-@pytest.mark.parametrize("probe", ["expansion_rounds", "isolation_confirm", "isolation_replay"])
+@pytest.mark.parametrize("probe", ["expansion_rounds", "isolation_confirm", "isolation_replay", "unlearn_oracle"])
 def test_the_probes_run_from_a_configuration_folder_as_their_usage_says(probe):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-m", f"benchmarks.{probe}", "--help"], cwd=ROOT / "demo",
@@ -181,6 +181,15 @@ def test_the_probes_run_from_a_configuration_folder_as_their_usage_says(probe):
 def test_the_expansion_probe_names_the_attacks_it_can_read_and_exits_2(tmp_path):
     (tmp_path / "params.yaml").write_text("abl:\n  expand_rounds: 10\n")
     result = subprocess.run([sys.executable, "-m", "benchmarks.expansion_rounds", "nosuch", "--output",
+                             str(tmp_path / "out.md")], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "nosuch" in result.stderr
+    assert not (tmp_path / "out.md").exists()
+
+
+def test_the_oracle_probe_names_the_attacks_it_can_read_and_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.unlearn_oracle", "nosuch", "--output",
                              str(tmp_path / "out.md")], cwd=tmp_path, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2

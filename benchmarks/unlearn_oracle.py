@@ -1,0 +1,112 @@
+"""Would ABL's unlearning remove the backdoor if it were handed all the poison? A diagnostic.
+
+    cd demo && python -m benchmarks.unlearn_oracle input_aware --seeds 0 1 2
+
+A research probe, not part of the pipeline, and not a defense: it reads the true poison
+indices (data/poisoned/<attack>/train.npz), which the defense never sees. For each seed it
+starts from the isolate stage's fine-tuned model and runs `abl`'s unlearning
+(backdoorlab/defenses/abl.py, `unlearn`, with the folder's `abl.*` params) twice:
+
+- as run: on the isolated examples, with the defense's own expansion (this reproduces the
+  defend_abl stage's model before its kept-cost guard; a check that the probe mirrors it);
+- oracle: on every poisoned example, without expansion (`abl.expand: none`), so the clean
+  examples of the label are learned alongside and no poison is among them.
+
+Then both models are scored like every other (CA, ASR on the triggered test images). If the
+oracle removes the backdoor where the defense does not, what the defense lacks is finding
+the poison; if the oracle does not either, the unlearning itself does not generalise to the
+trigger.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backdoorlab import params
+from backdoorlab.artifacts import check_model_name, test_sets, training_set
+from backdoorlab.defenses import defense_class, param_keys
+from backdoorlab.defenses.abl import UnlearningConfig, unlearn
+from backdoorlab.defenses.isolation import FINETUNED
+from backdoorlab.evaluation import score
+from backdoorlab.layout import isolated_file, model_file
+from backdoorlab.models import load_model
+from backdoorlab.params import ParamError
+from backdoorlab.runner import require
+from backdoorlab.runtime import Runtime, cpu_model
+from backdoorlab.storage import load_arrays, save_text
+from backdoorlab.training import TrainOptions
+
+HEADER = ["| run | unlearned on | unlearned: poisoned / clean | stopped (epoch) | CA % | ASR % |",
+          "|---|---|---|---|---:|---:|"]
+
+
+def abl_config() -> tuple[dict, UnlearningConfig]:
+    cls = defense_class("abl")
+    p = params.load(params.MODEL_KEYS + param_keys("abl"), extra={f"abl.{k}": spec for k, spec in cls.knobs.items()})
+    return p, UnlearningConfig(**{k: p[f"abl.{k}"] for k in cls.knobs})
+
+
+def probe(attack: str, seed: int) -> list[str]:
+    p, cfg = abl_config()
+    data = training_set(check_model_name(attack))
+    require(model_file(attack, seed, FINETUNED), isolated_file(attack, seed))
+    isolation = load_arrays(isolated_file(attack, seed))
+    opts = TrainOptions.from_params(p, seed=seed)
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+    x, y = rt.tensors(data.x, data.y)
+    tests = test_sets(attack, rt)
+    poisoned = np.asarray(data.poison_indices, dtype=np.int64)
+    variants = [("isolated (as run)", isolation["indices"], cfg),
+                ("all poison (oracle)", poisoned, dataclasses.replace(cfg, expand="none"))]
+    rows = []
+    for name, chosen, config in variants:
+        if not len(chosen):
+            rows.append(f"| {attack} seed {seed} | {name} | nothing | | | |")
+            continue
+        model = rt.prepare(load_model(model_file(attack, seed, FINETUNED)))
+
+        def log(m, stats: dict) -> None:  # no curves here
+            pass
+
+        summary = unlearn(model, x, y, chosen, isolation["holdout"], rt, opts, config, log, isolation["speed"])
+        row = score(model, rt, x, y, poisoned, tests)
+        # the oracle unlearns exactly the poison; the defense's expansion count is its own (how many of
+        # them are poison: python -m benchmarks.expansion_rounds)
+        hits = f"{len(chosen)} / 0" if config.expand == "none" else f"{summary['unlearned']} in all"
+        rows.append(f"| {attack} seed {seed} | {name} | {hits} | {summary['stopped_by']} ({summary['epochs']}) | "
+                    f"{100 * row['test_acc']:.1f} | {100 * row['asr']:.1f} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.unlearn_oracle", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("attacks", nargs="+", help="attacks whose isolate stages have run in this folder")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args(argv)
+    try:
+        for attack in args.attacks:
+            check_model_name(attack)
+        lines = [f"CPU: {cpu_model()}, torch {torch.__version__}", ""] + HEADER
+        for attack in args.attacks:
+            for seed in args.seeds:
+                rows = probe(attack, seed)
+                lines += rows
+                print("\n".join(rows), file=sys.stderr, flush=True)
+    except (ParamError, FileNotFoundError) as exc:
+        parser.exit(2, f"{exc}\n")
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.output:
+        save_text(args.output, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
