@@ -9,6 +9,9 @@ starts from the isolate stage's fine-tuned model and runs `abl`'s unlearning
 
 - as run: on the isolated examples, with the defense's own expansion (this reproduces the
   defend_abl stage's model before its kept-cost guard; a check that the probe mirrors it);
+- clean anchors: the defense's expansion, but the poisoned examples it would learn as clean
+  examples of the label ("anchors") left out of them: does the poison among the anchors keep
+  the backdoor?
 - oracle: on every poisoned example, without expansion (`abl.expand: none`), so the clean
   examples of the label are learned alongside and no poison is among them.
 
@@ -20,6 +23,7 @@ trigger.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -30,7 +34,8 @@ import torch
 from backdoorlab import params
 from backdoorlab.artifacts import check_model_name, test_sets, training_set
 from backdoorlab.defenses import defense_class, param_keys
-from backdoorlab.defenses.abl import UnlearningConfig, unlearn
+from backdoorlab.defenses import abl
+from backdoorlab.defenses.abl import Expansion, UnlearningConfig, unlearn
 from backdoorlab.defenses.isolation import FINETUNED
 from backdoorlab.evaluation import score
 from backdoorlab.layout import isolated_file, model_file
@@ -41,8 +46,28 @@ from backdoorlab.runtime import Runtime, cpu_model
 from backdoorlab.storage import load_arrays, save_text
 from backdoorlab.training import TrainOptions
 
-HEADER = ["| run | unlearned on | unlearned: poisoned / clean | stopped (epoch) | CA % | ASR % |",
-          "|---|---|---|---|---:|---:|"]
+HEADER = ["| run | unlearned on | unlearned: poisoned / clean | learned as the label: poisoned / all | "
+          "stopped (epoch) | CA % | ASR % |", "|---|---|---|---|---|---:|---:|"]
+
+
+@contextlib.contextmanager
+def expansion_seen(poisoned: np.ndarray, drop_poisoned_anchors: bool, seen: dict):
+    """Run the defense's own expansion, note what it returns (scored against the poison), and optionally
+    leave the poisoned examples out of its anchors: the probe wraps abl.expand_in_features, which unlearn()
+    looks up when it runs."""
+    original = abl.expand_in_features
+
+    def wrapped(*args, **kwargs) -> Expansion:
+        split = original(*args, **kwargs)
+        anchors = split.anchors[~np.isin(split.anchors, poisoned)] if drop_poisoned_anchors else split.anchors
+        seen.update(forget=split.forget, anchors=anchors)
+        return Expansion(split.forget, anchors, split.separation)
+
+    abl.expand_in_features = wrapped
+    try:
+        yield
+    finally:
+        abl.expand_in_features = original
 
 
 def abl_config() -> tuple[dict, UnlearningConfig]:
@@ -61,26 +86,41 @@ def probe(attack: str, seed: int) -> list[str]:
     x, y = rt.tensors(data.x, data.y)
     tests = test_sets(attack, rt)
     poisoned = np.asarray(data.poison_indices, dtype=np.int64)
-    variants = [("isolated (as run)", isolation["indices"], cfg),
-                ("all poison (oracle)", poisoned, dataclasses.replace(cfg, expand="none"))]
+    variants = [("isolated (as run)", isolation["indices"], cfg, False),
+                ("isolated, clean anchors", isolation["indices"], cfg, True),
+                ("all poison (oracle)", poisoned, dataclasses.replace(cfg, expand="none"), False)]
+    labels = data.y
     rows = []
-    for name, chosen, config in variants:
+    for name, chosen, config, drop in variants:
         if not len(chosen):
-            rows.append(f"| {attack} seed {seed} | {name} | nothing | | | |")
+            rows.append(f"| {attack} seed {seed} | {name} | nothing | | | | |")
             continue
         model = rt.prepare(load_model(model_file(attack, seed, FINETUNED)))
 
         def log(m, stats: dict) -> None:  # no curves here
             pass
 
-        summary = unlearn(model, x, y, chosen, isolation["holdout"], rt, opts, config, log, isolation["speed"])
+        seen: dict = {}
+        with expansion_seen(poisoned, drop, seen):
+            summary = unlearn(model, x, y, chosen, isolation["holdout"], rt, opts, config, log,
+                              isolation["speed"])
         row = score(model, rt, x, y, poisoned, tests)
-        # the oracle unlearns exactly the poison; the defense's expansion count is its own (how many of
-        # them are poison: python -m benchmarks.expansion_rounds)
-        hits = f"{len(chosen)} / 0" if config.expand == "none" else f"{summary['unlearned']} in all"
-        rows.append(f"| {attack} seed {seed} | {name} | {hits} | {summary['stopped_by']} ({summary['epochs']}) | "
+        if seen:
+            forget, anchors = seen["forget"], seen["anchors"]
+        else:  # expand: none: the chosen are unlearned, the rest of their label learned alongside
+            forget = np.asarray(chosen)
+            anchors = np.setdiff1d(np.flatnonzero(np.isin(labels, labels[forget])), forget)
+        anchors = np.setdiff1d(anchors, isolation["holdout"])  # as unlearn() does: held out, never learned
+        rows.append(f"| {attack} seed {seed} | {name} | {count(forget, poisoned)} | "
+                    f"{int(np.isin(anchors, poisoned).sum())} / {len(anchors)} | "
+                    f"{summary['stopped_by']} ({summary['epochs']}) | "
                     f"{100 * row['test_acc']:.1f} | {100 * row['asr']:.1f} |")
     return rows
+
+
+def count(indices: np.ndarray, poisoned: np.ndarray) -> str:
+    hit = np.isin(indices, poisoned)
+    return f"{int(hit.sum())} / {int((~hit).sum())}"
 
 
 def main(argv: list[str] | None = None) -> int:
