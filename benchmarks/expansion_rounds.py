@@ -18,9 +18,7 @@ one); `last` is where the rounds ended.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,8 +31,9 @@ from backdoorlab.layout import isolated_file, model_file
 from backdoorlab.models import load_model
 from backdoorlab.params import ParamError
 from backdoorlab.runner import require
-from backdoorlab.runtime import Runtime, cpu_model
-from backdoorlab.storage import load_arrays, save_text
+from backdoorlab.runtime import Runtime
+from backdoorlab.storage import load_arrays
+from benchmarks.probe_table import runs_parser, write_table
 
 HEADER = ["| run | round | separation | high side: poisoned / clean | unlearned: poisoned / clean | "
           "learned as the label: poisoned / all |", "|---|---:|---:|---|---|---|"]
@@ -99,12 +98,8 @@ def table(name: str, scores: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.expansion_rounds", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("attacks", nargs="+", help="attacks whose isolate stages have run in this folder")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser = runs_parser("python -m benchmarks.expansion_rounds", __doc__)
     parser.add_argument("--rounds", type=int, help="rounds at most (default: the folder's abl.expand_rounds)")
-    parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.exit(2, "--rounds: an integer >= 1\n")
@@ -115,20 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                           extra={"abl.expand_rounds": params.integer(1),
                                  "abl.expand": params.choice("features", "features_alone")})
         rounds = args.rounds or abl["abl.expand_rounds"]
-        lines = [f"CPU: {cpu_model()}, torch {torch.__version__}, rounds at most {rounds}, "
-                 f"abl.expand: {abl['abl.expand']}", ""] + HEADER
-        for attack in args.attacks:
-            for seed in args.seeds:
-                lines += table(*probe(attack, seed, rounds, abl["abl.expand"] == "features"))
-                print(lines[-1], file=sys.stderr, flush=True)
+        write_table(args, f"rounds at most {rounds}, abl.expand: {abl['abl.expand']}", HEADER,
+                    lambda attack, seed: table(*probe(attack, seed, rounds, abl["abl.expand"] == "features")))
     except (ParamError, FileNotFoundError) as exc:
         parser.exit(2, f"{exc}\n")
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    if args.output:
-        save_text(args.output, text)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

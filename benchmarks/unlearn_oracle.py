@@ -5,7 +5,7 @@
 A research probe, not part of the pipeline, and not a defense: it reads the true poison
 indices (data/poisoned/<attack>/train.npz), which the defense never sees. For each seed it
 starts from the isolate stage's fine-tuned model and runs `abl`'s unlearning
-(backdoorlab/defenses/abl.py, `unlearn`, with the folder's `abl.*` params) twice:
+(backdoorlab/defenses/abl.py, `unlearn`, with the folder's `abl.*` params) three ways:
 
 - as run: on the isolated examples, with the defense's own expansion (this reproduces the
   defend_abl stage's model before its kept-cost guard; a check that the probe mirrors it);
@@ -15,26 +15,22 @@ starts from the isolate stage's fine-tuned model and runs `abl`'s unlearning
 - oracle: on every poisoned example, without expansion (`abl.expand: none`), so the clean
   examples of the label are learned alongside and no poison is among them.
 
-Then both models are scored like every other (CA, ASR on the triggered test images). If the
+Then each model is scored like every other (CA, ASR on the triggered test images). If the
 oracle removes the backdoor where the defense does not, what the defense lacks is finding
 the poison; if the oracle does not either, the unlearning itself does not generalise to the
 trigger.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import sys
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from backdoorlab import params
 from backdoorlab.artifacts import check_model_name, test_sets, training_set
-from backdoorlab.defenses import defense_class, param_keys
-from backdoorlab.defenses import abl
+from backdoorlab.defenses import abl, defense_class, param_keys
 from backdoorlab.defenses.abl import Expansion, UnlearningConfig, unlearn
 from backdoorlab.defenses.isolation import FINETUNED
 from backdoorlab.evaluation import score
@@ -42,9 +38,10 @@ from backdoorlab.layout import isolated_file, model_file
 from backdoorlab.models import load_model
 from backdoorlab.params import ParamError
 from backdoorlab.runner import require
-from backdoorlab.runtime import Runtime, cpu_model
-from backdoorlab.storage import load_arrays, save_text
+from backdoorlab.runtime import Runtime
+from backdoorlab.storage import load_arrays
 from backdoorlab.training import TrainOptions
+from benchmarks.probe_table import runs_parser, write_table
 
 HEADER = ["| run | unlearned on | unlearned: poisoned / clean | learned as the label: poisoned / all | "
           "stopped (epoch) | CA % | ASR % |", "|---|---|---|---|---|---:|---:|"]
@@ -68,6 +65,10 @@ def expansion_seen(poisoned: np.ndarray, drop_poisoned_anchors: bool, seen: dict
         yield
     finally:
         abl.expand_in_features = original
+
+
+def no_curves(model, stats: dict) -> None:
+    """unlearn()'s per-epoch log: the probe draws no curves."""
 
 
 def abl_config() -> tuple[dict, UnlearningConfig]:
@@ -97,12 +98,9 @@ def probe(attack: str, seed: int) -> list[str]:
             continue
         model = rt.prepare(load_model(model_file(attack, seed, FINETUNED)))
 
-        def log(m, stats: dict) -> None:  # no curves here
-            pass
-
         seen: dict = {}
         with expansion_seen(poisoned, drop, seen):
-            summary = unlearn(model, x, y, chosen, isolation["holdout"], rt, opts, config, log,
+            summary = unlearn(model, x, y, chosen, isolation["holdout"], rt, opts, config, no_curves,
                               isolation["speed"])
         row = score(model, rt, x, y, poisoned, tests)
         if seen:
@@ -124,29 +122,13 @@ def count(indices: np.ndarray, poisoned: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.unlearn_oracle", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("attacks", nargs="+", help="attacks whose isolate stages have run in this folder")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
+    parser = runs_parser("python -m benchmarks.unlearn_oracle", __doc__)
     args = parser.parse_args(argv)
     try:
-        for attack in args.attacks:
-            check_model_name(attack)
-        lines = [f"CPU: {cpu_model()}, torch {torch.__version__}", ""] + HEADER
-        for attack in args.attacks:
-            for seed in args.seeds:
-                rows = probe(attack, seed)
-                lines += rows
-                print("\n".join(rows), file=sys.stderr, flush=True)
+        write_table(args, "", HEADER, probe)
     except (ParamError, FileNotFoundError) as exc:
         parser.exit(2, f"{exc}\n")
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    if args.output:
-        save_text(args.output, text)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -178,9 +178,10 @@ def test_the_probes_run_from_a_configuration_folder_as_their_usage_says(probe):
     assert result.returncode == 0 and f"python -m benchmarks.{probe}" in result.stdout
 
 
-def test_the_expansion_probe_names_the_attacks_it_can_read_and_exits_2(tmp_path):
+@pytest.mark.parametrize("probe", ["expansion_rounds", "unlearn_oracle"])
+def test_the_table_probes_name_the_attacks_they_can_read_and_exit_2_writing_nothing(tmp_path, probe):
     (tmp_path / "params.yaml").write_text("abl:\n  expand_rounds: 10\n")
-    result = subprocess.run([sys.executable, "-m", "benchmarks.expansion_rounds", "nosuch", "--output",
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{probe}", "nosuch", "--output",
                              str(tmp_path / "out.md")], cwd=tmp_path, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2
@@ -188,13 +189,24 @@ def test_the_expansion_probe_names_the_attacks_it_can_read_and_exits_2(tmp_path)
     assert not (tmp_path / "out.md").exists()
 
 
-def test_the_oracle_probe_names_the_attacks_it_can_read_and_exits_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "benchmarks.unlearn_oracle", "nosuch", "--output",
-                             str(tmp_path / "out.md")], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "nosuch" in result.stderr
-    assert not (tmp_path / "out.md").exists()
+def test_the_oracle_probe_leaves_only_the_poison_out_of_the_expansions_anchors_and_puts_the_expansion_back(
+        monkeypatch):
+    from backdoorlab.defenses import abl
+    from backdoorlab.defenses.abl import Expansion
+    from benchmarks.unlearn_oracle import expansion_seen
+
+    def expansion(*args, **kwargs):
+        return Expansion(np.array([1, 2]), np.array([3, 4, 5, 6]), 0.7)
+
+    monkeypatch.setattr(abl, "expand_in_features", expansion)
+    poisoned = np.array([1, 2, 4])
+    for drop, anchors in ((True, [3, 5, 6]), (False, [3, 4, 5, 6])):
+        seen = {}
+        with expansion_seen(poisoned, drop, seen):
+            split = abl.expand_in_features()
+        assert split.forget.tolist() == [1, 2] and split.anchors.tolist() == anchors and split.separation == 0.7
+        assert seen["anchors"].tolist() == anchors and seen["forget"].tolist() == [1, 2]
+        assert abl.expand_in_features is expansion
 
 
 def test_the_expansion_probe_takes_from_its_kept_round_exactly_what_the_defense_unlearns_and_learns():
