@@ -12,8 +12,8 @@ isolated indices, the learning speeds), reruns those rounds with the defense's o
 functions and scores each against the poison indices (data/poisoned/<attack>/train.npz),
 which the defense never sees: how many poisoned and clean examples each round's high side
 holds, and what the unlearning would get (unlearned: the isolated and the fast examples of
-the high side; learned as clean examples of the label: the lower half of the rest) if it
-kept that round. The row marked `kept` is the round the defense keeps (the best-separated
+the high side; learned as clean examples of the label: the half of the rest that
+`abl.same_label_pool` picks) if it kept that round. The row marked `kept` is the round the defense keeps (the best-separated
 one); `last` is where the rounds ended.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import torch
 
 from backdoorlab import params
 from backdoorlab.artifacts import check_model_name, training_set
-from backdoorlab.defenses.abl import FeatureSplit, fast_learned, feature_splits, features
+from backdoorlab.defenses.abl import FeatureSplit, fast_learned, feature_splits, features, label_confidence, \
+    learned_alongside
 from backdoorlab.defenses.isolation import FINETUNED
 from backdoorlab.layout import isolated_file, model_file
 from backdoorlab.models import load_model
@@ -39,29 +40,31 @@ HEADER = ["| run | round | separation | high side: poisoned / clean | unlearned:
           "learned as the label: poisoned / all |", "|---|---:|---:|---|---|---|"]
 
 
-def unlearning_sets(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unlearning_sets(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, f: np.ndarray,
+                    confidence: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Masks of what the unlearning would get if it kept this round: the examples it unlearns and those it learns
     as clean examples of the label. The rule of expand_in_features, mirrored per round (a test holds the two
     to the same sets)."""
     high = split.high
-    forget = isolated | high & fast
     rest = ~high & ~isolated
-    anchors = rest & (split.projection <= np.median(split.projection[rest])) if rest.any() else rest
-    return forget, anchors
+    return isolated | high & fast, learned_alongside(rest, split.projection, f, confidence)
 
 
-def score_split(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, poisoned: np.ndarray) -> dict:
+def score_split(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, f: np.ndarray,
+                confidence: np.ndarray | None, poisoned: np.ndarray) -> dict:
     """What the unlearning would get from this round, against the poison."""
     high = split.high
-    forget, anchors = unlearning_sets(split, isolated, fast)
+    forget, anchors = unlearning_sets(split, isolated, fast, f, confidence)
     return {"separation": split.separation, "high": (int((high & poisoned).sum()), int((high & ~poisoned).sum())),
             "unlearned": (int((forget & poisoned).sum()), int((forget & ~poisoned).sum())),
             "anchors": (int((anchors & poisoned).sum()), int(anchors.sum()))}
 
 
-def probe(attack: str, seed: int, rounds: int, speed_filter: bool = True) -> tuple[str, list[dict]]:
+def probe(attack: str, seed: int, rounds: int, speed_filter: bool = True,
+          pool: str = "unsuspicious") -> tuple[str, list[dict]]:
     """Every round of the expansion for one run: a description and one score per round. Without
-    `speed_filter` (`abl.expand: features_alone`) every example of the label counts as fast."""
+    `speed_filter` (`abl.expand: features_alone`) every example of the label counts as fast; `pool` is
+    `abl.same_label_pool`."""
     p = params.load(params.MODEL_KEYS)
     data = training_set(check_model_name(attack))
     require(model_file(attack, seed, FINETUNED), isolated_file(attack, seed))
@@ -75,10 +78,13 @@ def probe(attack: str, seed: int, rounds: int, speed_filter: bool = True) -> tup
     members = np.flatnonzero(data.y == label)
     poisoned = np.isin(members, data.poison_indices)
     model = rt.prepare(load_model(model_file(attack, seed, FINETUNED)))
-    f = features(model, x[torch.from_numpy(members).to(x.device)], rt)
+    xm = x[torch.from_numpy(members).to(x.device)]
+    f = features(model, xm, rt)
+    confidence = label_confidence(model, xm, label, rt) if pool == "unsuspicious" else None
     isolated = np.isin(members, chosen)
     fast = fast_learned(isolation["speed"] if speed_filter else None, members)
-    scores = [score_split(s, isolated, fast, poisoned) for s in feature_splits(f, isolated, fast, rounds)]
+    scores = [score_split(s, isolated, fast, f, confidence, poisoned)
+              for s in feature_splits(f, isolated, fast, rounds)]
     kept = max(range(len(scores)), key=lambda i: scores[i]["separation"])  # the defense's choice: first of ties
     for i, s in enumerate(scores):
         s["mark"] = ", ".join(m for m, on in (("kept", i == kept), ("last", i == len(scores) - 1)) if on)
@@ -106,12 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for attack in args.attacks:
             check_model_name(attack)
-        abl = params.load(["abl.expand_rounds", "abl.expand"],
+        abl = params.load(["abl.expand_rounds", "abl.expand", "abl.same_label_pool"],
                           extra={"abl.expand_rounds": params.integer(1),
-                                 "abl.expand": params.choice("features", "features_alone")})
-        rounds = args.rounds or abl["abl.expand_rounds"]
-        write_table(args, f"rounds at most {rounds}, abl.expand: {abl['abl.expand']}", HEADER,
-                    lambda attack, seed: table(*probe(attack, seed, rounds, abl["abl.expand"] == "features")))
+                                 "abl.expand": params.choice("features", "features_alone"),
+                                 "abl.same_label_pool": params.choice("unsuspicious", "low_projection")})
+        rounds, pool = args.rounds or abl["abl.expand_rounds"], abl["abl.same_label_pool"]
+        write_table(args, f"rounds at most {rounds}, abl.expand: {abl['abl.expand']}, abl.same_label_pool: {pool}",
+                    HEADER, lambda attack, seed: table(*probe(attack, seed, rounds, abl["abl.expand"] == "features",
+                                                              pool)))
     except (ParamError, FileNotFoundError) as exc:
         parser.exit(2, f"{exc}\n")
     return 0

@@ -164,7 +164,7 @@ def test_the_expansion_probe_scores_a_round_by_what_the_unlearning_would_take_fr
     isolated = np.array([True, False, False, False, False, False])
     fast = np.array([True, True, True, False, False, False])  # example 3 is high but slow: neither side
     poisoned = np.array([True, True, True, False, False, False])
-    score = score_split(split, isolated, fast, poisoned)
+    score = score_split(split, isolated, fast, np.eye(6), None, poisoned)  # same_label_pool: low_projection
     assert score["high"] == (2, 1) and score["unlearned"] == (2, 0)
     # the rest (2, 4, 5) is cut at its median projection (0.1): examples 2 and 5, one of them poisoned
     assert score["anchors"] == (1, 2) and score["separation"] == 0.8
@@ -210,7 +210,7 @@ def test_the_oracle_probe_leaves_only_the_poison_out_of_the_expansions_anchors_a
 
 
 def test_the_expansion_probe_takes_from_its_kept_round_exactly_what_the_defense_unlearns_and_learns():
-    from backdoorlab.defenses.abl import expand_in_features, fast_learned, feature_splits, features
+    from backdoorlab.defenses.abl import expand_in_features, fast_learned, feature_splits, features, label_confidence
     from benchmarks.expansion_rounds import unlearning_sets
     from test_isolation import CPU
     from test_unlearning import skewed_label
@@ -220,15 +220,16 @@ def test_the_expansion_probe_takes_from_its_kept_round_exactly_what_the_defense_
     members = np.arange(len(y))
     mask = np.isin(members, isolated)
     fast = fast_learned(speed, members)
-    splits = feature_splits(features(model, x, CPU), mask, fast, 10)
+    f, confidence = features(model, x, CPU), label_confidence(model, x, 0, CPU)
+    splits = feature_splits(f, mask, fast, 10)
     kept = max(splits, key=lambda s: s.separation)
-    forget, anchors = unlearning_sets(kept, mask, fast)
+    forget, anchors = unlearning_sets(kept, mask, fast, f, confidence)
     defense = expand_in_features(model, x, y, isolated, CPU, speed, rounds=10)
     assert len(splits) > 1 and forget.sum() > len(isolated)
     assert np.array_equal(members[forget], defense.forget) and np.array_equal(members[anchors], defense.anchors)
     # abl.expand: features_alone, which the probe mirrors by counting every example as fast
     every = fast_learned(None, members)
-    kept = max(feature_splits(features(model, x, CPU), mask, every, 10), key=lambda s: s.separation)
-    forget, anchors = unlearning_sets(kept, mask, every)
+    kept = max(feature_splits(f, mask, every, 10), key=lambda s: s.separation)
+    forget, anchors = unlearning_sets(kept, mask, every, f, confidence)
     alone = expand_in_features(model, x, y, isolated, CPU, None, rounds=10)
     assert np.array_equal(members[forget], alone.forget) and np.array_equal(members[anchors], alone.anchors)

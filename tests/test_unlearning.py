@@ -37,6 +37,9 @@ class PatchFeatures(torch.nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([x[:, 0, -2:, -2:].mean((1, 2)) ** 4, x[:, 0].mean((1, 2))], 1)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x), 10)  # equally sure of every example
+
 
 def test_expansion_brings_in_the_poison_isolation_left_behind_and_anchors_on_clean_examples():
     x, y, poisoned = images(2000, seed=0, poison_rate=0.05)
@@ -48,6 +51,51 @@ def test_expansion_brings_in_the_poison_isolation_left_behind_and_anchors_on_cle
     assert not np.isin(split.anchors, poisoned).any() and (y.numpy()[split.anchors] == 0).all()
     assert split.separation > 0.9
 
+
+
+class RawFeatures(torch.nn.Module):
+    """A stand-in model: its features are the input's first three channels, and the fourth sets how sure it is
+    of label 0 (logits [c, 0])."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :3, 0, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 3, 0, 0], torch.zeros(len(x))], 1)
+
+
+def test_the_label_is_learned_alongside_from_examples_that_are_not_suspicious():
+    """Poison the feature split leaves on the label's side is other classes' images with a trigger: low on the
+    direction to the isolated ones, like clean examples, but unlike the label and still fitted with confidence,
+    since the trigger decides. Hard clean examples of the label are unlike it too, but the model is unsure of
+    them. The half of the rest learned alongside leaves out the confident and atypical (the poison) and keeps
+    most hard clean ones; the half least like the isolated ones (the earlier rule) takes the poison in."""
+    rng = np.random.default_rng(0)
+
+    def examples(centre, n, confidence):
+        f = np.asarray(centre, dtype=np.float32) + rng.normal(0, 0.05, (n, 3)).astype(np.float32)
+        return np.concatenate([f, np.full((n, 1), confidence, dtype=np.float32)], 1)
+
+    clean = np.concatenate([examples([1, 0, 0], 1, rng.uniform(2, 6)) for _ in range(200)])
+    x = torch.from_numpy(np.concatenate([
+        clean,
+        examples([0, 1, 0], 40, 10.0),  # the isolated poison
+        examples([0.7, -0.7, 0.1], 30, 10.0),  # poison the split misses: atypical, fitted for sure
+        examples([0.9, -0.3, 0.0], 30, 0.5),  # hard clean examples: less typical than most, unsure
+        rng.normal(0, 1, (100, 4)).astype(np.float32),  # another label
+    ]))[:, None, None, :]
+    y = np.array([0] * 300 + [1] * 100)
+    isolated, missed, hard = np.arange(200, 240), np.arange(240, 270), np.arange(270, 300)
+    unsuspicious = expand_in_features(RawFeatures(), x, y, isolated, CPU, pool="unsuspicious")
+    unlike = expand_in_features(RawFeatures(), x, y, isolated, CPU, pool="low_projection")
+    for split in (unsuspicious, unlike):
+        assert set(split.forget) == set(isolated) and len(split.anchors) == 130  # half of the label's other 260
+    assert not np.isin(missed, unsuspicious.anchors).any() and np.isin(hard, unsuspicious.anchors).mean() > 0.5  # kept more often than the rest, half
+    assert np.isin(missed, unlike.anchors).all()
+
+
+def test_average_ranks_give_ties_their_mean_rank():
+    assert abl.average_ranks(np.array([0.3, -1.0, 0.3, 2.0])).tolist() == [1.5, 0.0, 1.5, 3.0]
 
 
 def test_isolated_strays_of_another_label_are_not_unlearned():
@@ -77,7 +125,7 @@ def test_with_learning_speeds_only_examples_with_both_signals_are_unlearned():
 def test_features_alone_expands_without_the_learning_speed_filter(monkeypatch, expand, reads_speeds):
     seen = []
 
-    def expansion(model, x, y, isolated, rt, speed=None, rounds=1):
+    def expansion(model, x, y, isolated, rt, speed=None, rounds=1, pool="typical"):
         seen.append(speed)
         raise StopIteration  # only the expansion's arguments matter here
 
@@ -99,6 +147,9 @@ class TableFeatures(torch.nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.table[(x[:, 0, 0, 0] * 255).round().long() * 256 + (x[:, 0, 0, 1] * 255).round().long()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x), 10)  # equally sure of every example
 
 
 def skewed_label(poison_reach: float, clean_reach: float):
@@ -161,8 +212,8 @@ def test_refining_settles_on_the_nearest_split_which_can_be_the_wrong_one():
 
 # ------------------------------------------------------------------ unlearning and its stop rule
 
-CONFIG = UnlearningConfig(expand="features", expand_rounds=10, objective="forget", loss_cap=0.0, lr=0.005,
-                          batch_size=64, max_epochs=6,
+CONFIG = UnlearningConfig(expand="features", expand_rounds=10, same_label_pool="typical", objective="forget",
+                          loss_cap=0.0, lr=0.005, batch_size=64, max_epochs=6,
                           clean_ratio=2.0, same_label_ratio=2.0, stop="isolated_acc", stop_isolated_acc=0.05,
                           max_clean_drop=0.05, class_drop_se=2.0, max_kept_drop=0.15,
                           min_kept_lost=2)
