@@ -241,3 +241,25 @@ def test_a_sweep_runs_one_experiment_per_setting_with_only_the_attacks_stages_th
     tables = (repo / "sweeps" / "badnets.md").read_text()
     assert "### attack.badnets_rate=0.05\n" in tables and "### attack.badnets_rate=0.2\n" in tables
     assert shell(repo, "git", "status", "--porcelain", "--", ".", ":!sweeps").strip() == ""  # as it was
+
+
+def test_a_sweep_writes_its_tables_even_where_a_committed_output_cannot_be_put_back(repo, first_run):
+    """A folder whose DVC cache lacks a committed output (a clone that never ran the pipeline) cannot have it
+    put back when the sweep restores the workspace: the sweep says so, and its tables are written all the
+    same (they used to be lost after every experiment had run)."""
+    shell(repo, "git", "checkout", "HEAD", "--", ".")
+    shell(repo, "git", "clean", "-fdq", "--", ".")
+    shell(repo, sys.executable, "-m", "dvc", "checkout", "--force", "--quiet")
+    model = "models/blend/seed0/no_defense.pt"  # no stage of a BadNets sweep reads it
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    md5 = next(out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])
+               if out["path"] == model)
+    (repo / model).unlink()
+    (repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink()
+    output = shell(repo, sys.executable, "-m", "backdoorlab.worker", sys.executable, "-m", "backdoorlab.sweep",
+                   "badnets", "--set", "attack.badnets_rate=0.3", "--name", "uncached")
+    assert "not in this folder's DVC cache" in output
+    rows = pd.read_csv(repo / "sweeps" / "uncached.csv")
+    assert set(rows["attack.badnets_rate"]) == {0.3} and rows["asr"].notna().any()
+    assert "### attack.badnets_rate=0.3\n" in (repo / "sweeps" / "uncached.md").read_text()
+    assert not (repo / model).exists()
