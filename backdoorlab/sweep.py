@@ -88,9 +88,10 @@ def tables(rows: list[dict], keys: list[str]) -> str:
     return "\n".join(out)
 
 
-def run(cmd: list[str]) -> None:
+def run(cmd: list[str], check: bool = True) -> bool:
+    """Echo and run `cmd`; with `check`, a failure raises, else it is returned as False."""
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    return subprocess.run(cmd, check=check).returncode == 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,8 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         run(["git", "checkout", "HEAD", "--", "."])
         # Not fatal: in a folder whose committed outputs were never made here, the cache lacks them, and the
         # sweep's tables must still be written.
-        print("+ dvc checkout --force --quiet", flush=True)
-        restored = subprocess.run([sys.executable, "-m", "dvc", "checkout", "--force", "--quiet"]).returncode == 0
+        restored = run([sys.executable, "-m", "dvc", "checkout", "--force", "--quiet"], check=False)
     frame = pd.DataFrame(rows)
     OUT.mkdir(exist_ok=True)
     with atomic_path(OUT / f"{name}.csv") as tmp:
