@@ -7,8 +7,8 @@
 #
 #   bash cifar10-cpu/gpu-same-label-pool/run.sh MIRROR [OUTDIR] [key=value ...]
 #
-# MIRROR: the CIFAR-10 JPEG mirror (.tar.gz). The table goes to gpu-table/ at the
-# repository root. OUTDIR (if given) gets results.tar.gz (metrics, logs, plots, isolated
+# MIRROR: the CIFAR-10 JPEG mirror (.tar.gz). The table goes to gpu-table/ (or $TABLE) at
+# the repository root; SETUP_ONLY=1 only writes that folder's params.yaml and dvc.yaml. OUTDIR (if given) gets results.tar.gz (metrics, logs, plots, isolated
 # indices, stage logs) and the no-defense, fine-tuned, attacker and surrogate models.
 # key=value pairs (dotted params.yaml keys, YAML values) are applied last, e.g. for a
 # quick check on a CPU.
@@ -22,22 +22,23 @@ mirror=$(realpath "$1"); out=${2:+$(realpath "$2")}; shift; [ $# -gt 0 ] && shif
 cd "$(dirname "$0")/../.."
 grep -q '"abl_low_projection"' backdoorlab/defenses/__init__.py ||
   sed -i 's|^    "abl_paper": "abl:ABL",|&\n    "abl_low_projection": "abl:ABL",|' backdoorlab/defenses/__init__.py
-rm -rf gpu-table && mkdir gpu-table && ln -s ../stages ../backdoorlab gpu-table/
-python3 - "$mirror" "$@" <<'EOF'
+table=${TABLE:-gpu-table}
+rm -rf "$table" && mkdir "$table" && ln -s ../stages ../backdoorlab "$table"/
+python3 - "$mirror" "$table" "$@" <<'EOF'
 import copy, sys, yaml
 params = yaml.safe_load(open("cifar10-cpu/params.yaml"))
 params["seeds"] = [0, 1, 2]
 params["data"]["source"] = sys.argv[1]
 params["abl"]["same_label_pool"] = "unsuspicious"
 params["abl_low_projection"] = {**params["abl"], "same_label_pool": "low_projection"}
-for pair in sys.argv[2:]:
+for pair in sys.argv[3:]:
     key, value = pair.split("=", 1)
     *path, last = key.split(".")
     node = params
     for part in path:
         node = node[part]
     node[last] = yaml.safe_load(value)
-yaml.safe_dump(params, open("gpu-table/params.yaml", "w"), sort_keys=False)
+yaml.safe_dump(params, open(f"{sys.argv[2]}/params.yaml", "w"), sort_keys=False)
 pipeline = yaml.safe_load(open("cifar10-cpu/dvc.yaml"))
 stage = copy.deepcopy(pipeline["stages"]["defend_abl"])
 rename = lambda text: text.replace("/abl.", "/abl_low_projection.").replace("logs/abl/", "logs/abl_low_projection/")
@@ -50,12 +51,13 @@ for name, block in pipeline["stages"].items():  # beside defend_abl: it runs bef
     stages[name] = block
     if name == "defend_abl":
         stages["defend_abl_low_projection"] = stage
-yaml.safe_dump({**pipeline, "stages": stages}, open("gpu-table/dvc.yaml", "w"), sort_keys=False)
+yaml.safe_dump({**pipeline, "stages": stages}, open(f"{sys.argv[2]}/dvc.yaml", "w"), sort_keys=False)
 EOF
-grep -c "abl_low_projection" gpu-table/dvc.yaml gpu-table/params.yaml
+grep -c "abl_low_projection" "$table"/dvc.yaml "$table"/params.yaml
+[ -n "${SETUP_ONLY:-}" ] && exit 0
 python3 -c "import platform, torch; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
 grep -m1 "model name" /proc/cpuinfo; echo "cores: $(nproc)"
-(cd gpu-table && python3 -c "
+(cd "$table" && python3 -c "
 import stages.data, stages.poison, stages.surrogate, stages.attacker, stages.train, stages.score_clean
 import stages.isolate, stages.defend, stages.report
 from backdoorlab.curves import Curves
@@ -63,11 +65,11 @@ from backdoorlab.defenses import defense_class
 defense_class('abl_low_projection')
 with Curves('/tmp/curves-check') as c: c.log({'x': 1.0})
 print('imports ok')")
-python3 -m backdoorlab.parallel gpu-table --jobs "${JOBS:-14}" --stop-launching "${STOP_LAUNCHING:-inf}" \
+python3 -m backdoorlab.parallel "$table" --jobs "${JOBS:-14}" --stop-launching "${STOP_LAUNCHING:-inf}" \
   --kill "${KILL:-inf}" || echo "some stages failed or were not run"
-(cd gpu-table && python3 -m stages.report) > gpu-table/run-logs/report.log 2>&1 || echo "report failed"
+(cd "$table" && python3 -m stages.report) > "$table"/run-logs/report.log 2>&1 || echo "report failed"
 if [ -n "$out" ]; then  # the tables, curves and logs; the no-defense and fine-tuned models apart, per seed
-  cd gpu-table
+  cd "$table"
   tar czf "$out/results.tar.gz" params.yaml dvc.yaml metrics logs plots run-logs $(ls -d data/isolated 2>/dev/null)
   for seed in 0 1 2; do
     tar cf "$out/models-seed$seed.tar" $(ls models/*/seed$seed/no_defense.pt models/*/seed$seed/finetuned.pt 2>/dev/null) || true
