@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -62,3 +65,30 @@ def test_a_failed_stage_stops_what_waits_on_it_and_the_exit_code_says_so(tmp_pat
     timeline = json.loads((tmp_path / "cfg" / "run-logs" / "timeline.json").read_text())
     assert [s["status"] for s in timeline["stages"]] == ["ok", "failed", "failed"]
     assert sorted(timeline["not_run"]) == ["last", "second@0", "second@1"]
+
+
+def test_the_gpu_comparison_script_sets_up_the_two_anchor_rules_on_the_same_isolations(tmp_path):
+    """cifar10-cpu/gpu-same-label-pool/run.sh, SETUP_ONLY: cifar10-cpu's params with seeds 0-2, abl on
+    `unsuspicious`, and a third defense entry on `low_projection` that reads the same isolation and models."""
+    copy = tmp_path / "repo"
+    for part in ("stages", "backdoorlab", "cifar10-cpu/gpu-same-label-pool"):
+        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__", "*.png"))
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / "cifar10-cpu" / name, copy / "cifar10-cpu" / name)
+    mirror = tmp_path / "mirror.tar.gz"
+    mirror.write_bytes(b"")
+    subprocess.run(["bash", str(copy / "cifar10-cpu/gpu-same-label-pool/run.sh"), str(mirror), "",
+                    "attack.target=3"], check=True, env={**os.environ, "SETUP_ONLY": "1"},
+                   capture_output=True)
+    params = yaml.safe_load((copy / "gpu-table" / "params.yaml").read_text())
+    assert params["seeds"] == [0, 1, 2] and params["attack"]["target"] == 3
+    assert params["data"]["source"] == str(mirror)
+    assert params["abl"]["same_label_pool"] == "unsuspicious"
+    assert params["abl_low_projection"] == {**params["abl"], "same_label_pool": "low_projection"}
+    assert '"abl_low_projection": "abl:ABL"' in (copy / "backdoorlab/defenses/__init__.py").read_text()
+    graph = stages(copy / "gpu-table")
+    ours, theirs = graph["defend_abl_low_projection@sig-2"], graph["defend_abl@sig-2"]
+    assert ours.cmd == "python -m stages.defend abl_low_projection sig 2"
+    assert ours.after == theirs.after and ours.deps == theirs.deps
+    assert ours.outs == [o.replace("abl", "abl_low_projection") for o in theirs.outs]
+    assert "defend_abl_low_projection@sig-2" in graph["report"].after
