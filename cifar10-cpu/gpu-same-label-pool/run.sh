@@ -8,8 +8,9 @@
 #   bash cifar10-cpu/gpu-same-label-pool/run.sh MIRROR [OUTDIR] [key=value ...]
 #
 # MIRROR: the CIFAR-10 JPEG mirror (.tar.gz). The table goes to gpu-table/ (or $TABLE) at
-# the repository root; SETUP_ONLY=1 only writes that folder's params.yaml and dvc.yaml. OUTDIR (if given) gets results.tar.gz (metrics, logs, plots, isolated
-# indices, stage logs) and the no-defense, fine-tuned, attacker and surrogate models.
+# the repository root; SETUP_ONLY=1 only writes that folder's params.yaml and dvc.yaml.
+# OUTDIR (if given) gets results.tar.gz (metrics, logs, plots, isolated indices, stage
+# logs) and the no-defense, fine-tuned, attacker and surrogate models.
 # key=value pairs (dotted params.yaml keys, YAML values) are applied last, e.g. for a
 # quick check on a CPU.
 #
