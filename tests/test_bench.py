@@ -170,7 +170,8 @@ def test_the_expansion_probe_scores_a_round_by_what_the_unlearning_would_take_fr
     assert score["anchors"] == (1, 2) and score["separation"] == 0.8
 
 
-@pytest.mark.parametrize("probe", ["expansion_rounds", "isolation_confirm", "isolation_replay", "unlearn_oracle"])
+@pytest.mark.parametrize("probe", ["expansion_rounds", "isolation_confirm", "isolation_replay", "unlearn_oracle",
+                                   "unlearned_destinations"])
 def test_the_probes_run_from_a_configuration_folder_as_their_usage_says(probe):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-m", f"benchmarks.{probe}", "--help"], cwd=ROOT / "demo",
@@ -178,7 +179,7 @@ def test_the_probes_run_from_a_configuration_folder_as_their_usage_says(probe):
     assert result.returncode == 0 and f"python -m benchmarks.{probe}" in result.stdout
 
 
-@pytest.mark.parametrize("probe", ["expansion_rounds", "unlearn_oracle"])
+@pytest.mark.parametrize("probe", ["expansion_rounds", "unlearn_oracle", "unlearned_destinations"])
 def test_the_table_probes_name_the_attacks_they_can_read_and_exit_2_writing_nothing(tmp_path, probe):
     (tmp_path / "params.yaml").write_text("abl:\n  expand_rounds: 10\n")
     result = subprocess.run([sys.executable, "-m", f"benchmarks.{probe}", "nosuch", "--output",
@@ -233,3 +234,16 @@ def test_the_expansion_probe_takes_from_its_kept_round_exactly_what_the_defense_
     forget, anchors = unlearning_sets(kept, mask, every, f, confidence)
     alone = expand_in_features(model, x, y, isolated, CPU, None, rounds=10)
     assert np.array_equal(members[forget], alone.forget) and np.array_equal(members[anchors], alone.anchors)
+
+
+def test_the_destination_probe_counts_what_left_the_label_and_how_spread_it_went():
+    from benchmarks.unlearned_destinations import auc, destinations, spread
+    before = np.array([0, 0, 0, 0, 0, 3])  # label 0; the last was not predicted as the label to begin with
+    after = np.array([0, 1, 2, 3, 1, 1])
+    taken, counts = destinations(before, after, label=0, classes=4)
+    assert taken.tolist() == [False, True, True, True, True, False] and counts.tolist() == [0, 2, 1, 1]
+    top, entropy = spread(counts)
+    assert top == 0.5 and 0.9 < entropy < 1.0  # over log 3: the three other classes
+    assert spread(np.array([0, 4, 0, 0])) == (1.0, 0.0)
+    assert auc(np.array([0.9, 0.8, 0.1, 0.2]), np.array([True, True, False, False])) == 1.0
+    assert auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
