@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from backdoorlab.artifacts import check_model_name
+from backdoorlab.params import ParamError
 from backdoorlab.runtime import cpu_model
 from backdoorlab.storage import save_text
 
@@ -43,3 +44,15 @@ def write_table(args: argparse.Namespace, settings: str, header: list[str],
     sys.stdout.write(text)
     if args.output:
         save_text(args.output, text)
+
+
+def table_probe_main(prog: str, doc: str, header: list[str], rows_for: Callable[[str, int], list[str]],
+                     argv: list[str] | None = None) -> int:
+    """The whole main() of a probe that takes only the common arguments: its table, or one line and exit 2."""
+    parser = runs_parser(prog, doc)
+    args = parser.parse_args(argv)
+    try:
+        write_table(args, "", header, rows_for)
+    except (ParamError, FileNotFoundError) as exc:
+        parser.exit(2, f"{exc}\n")
+    return 0

@@ -36,12 +36,11 @@ from backdoorlab.defenses.isolation import FINETUNED
 from backdoorlab.evaluation import score
 from backdoorlab.layout import isolated_file, model_file
 from backdoorlab.models import load_model
-from backdoorlab.params import ParamError
 from backdoorlab.runner import require
 from backdoorlab.runtime import Runtime
 from backdoorlab.storage import load_arrays
 from backdoorlab.training import TrainOptions
-from benchmarks.probe_table import runs_parser, write_table
+from benchmarks.probe_table import table_probe_main
 
 HEADER = ["| run | unlearned on | unlearned: poisoned / clean | learned as the label: poisoned / all | "
           "stopped (epoch) | CA % | ASR % |", "|---|---|---|---|---|---:|---:|"]
@@ -122,13 +121,8 @@ def count(indices: np.ndarray, poisoned: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = runs_parser("python -m benchmarks.unlearn_oracle", __doc__)
-    args = parser.parse_args(argv)
-    try:
-        write_table(args, "", HEADER, probe)
-    except (ParamError, FileNotFoundError) as exc:
-        parser.exit(2, f"{exc}\n")
-    return 0
+    return table_probe_main("python -m benchmarks.unlearn_oracle", __doc__, HEADER, probe, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

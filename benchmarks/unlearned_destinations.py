@@ -32,12 +32,11 @@ from backdoorlab.defenses.abl import average_ranks
 from backdoorlab.defenses.isolation import FINETUNED
 from backdoorlab.layout import isolated_file, model_file
 from backdoorlab.models import load_model
-from backdoorlab.params import ParamError
 from backdoorlab.runner import require
 from backdoorlab.runtime import Runtime
 from backdoorlab.storage import load_arrays
 from backdoorlab.training import predict
-from benchmarks.probe_table import runs_parser, write_table
+from benchmarks.probe_table import table_probe_main
 from benchmarks.unlearn_oracle import abl_config
 
 HEADER = ["| run | label | taken away: all (poisoned) / label's examples | largest share to one class | "
@@ -104,13 +103,7 @@ def probe(attack: str, seed: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = runs_parser("python -m benchmarks.unlearned_destinations", __doc__)
-    args = parser.parse_args(argv)
-    try:
-        write_table(args, "", HEADER, probe)
-    except (ParamError, FileNotFoundError) as exc:
-        parser.exit(2, f"{exc}\n")
-    return 0
+    return table_probe_main("python -m benchmarks.unlearned_destinations", __doc__, HEADER, probe, argv)
 
 
 if __name__ == "__main__":
