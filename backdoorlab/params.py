@@ -114,6 +114,7 @@ SCHEMA: dict[str, Spec] = {
     "train.weight_decay": number(0.0),
     "train.augment": choice("crop_flip", "crop", "none"),
     "train.precision": choice("auto", "fp32", "bf16"),
+    "train.threads": integer(0),
     # the input-aware attack's attacker stage (its poison stage's knob lives in attacks/input_aware.py)
     "attack.ia_p_attack": rate(),
     "attack.ia_p_cross": rate(),
@@ -147,9 +148,10 @@ SCHEMA: dict[str, Spec] = {
     "isolate.holdout": rate(),
 }
 
-# The knobs every stage that trains a model shares with `train` (model, optimiser, augmentation, precision).
+# The knobs every stage that trains a model shares with `train` (model, optimiser, augmentation, precision,
+# threads).
 MODEL_KEYS = ["train.arch", "train.batch_size", "train.momentum", "train.weight_decay", "train.augment",
-              "train.precision"]
+              "train.precision", "train.threads"]
 # Everything the no-defense training reads.
 TRAIN_KEYS = MODEL_KEYS + ["train.epochs", "train.lr", "train.schedule", "train.milestones"]
 

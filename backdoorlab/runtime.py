@@ -33,8 +33,10 @@ class Runtime:
     channels_last: bool = True
 
     @classmethod
-    def pick(cls, precision: str = "fp32", arch: str | None = None, batch_size: int = 128) -> "Runtime":
-        """precision: fp32 | bf16 | auto (measured on a CPU, bf16 on CUDA)."""
+    def pick(cls, precision: str = "fp32", arch: str | None = None, batch_size: int = 128,
+             threads: int = 0) -> "Runtime":
+        """precision: fp32 | bf16 | auto (measured on a CPU, bf16 on CUDA); threads: see `use_threads`."""
+        use_threads(threads)
         cuda = torch.cuda.is_available()
         device = torch.device("cuda" if cuda else "cpu")
         if cuda:
@@ -70,6 +72,17 @@ class Runtime:
         """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
         out = xb.permute(0, 3, 1, 2).float().div_(255.0)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out.contiguous()
+
+
+def use_threads(threads: int) -> None:
+    """Compute on `threads` CPU threads (`train.threads`); 0 leaves torch's default, one per core.
+
+    A CPU result depends on the thread count: a reduction split over two threads rounds
+    differently from one over one. Fixing it in params makes a configuration's numbers the
+    same however its stages are run (one at a time on every core, or side by side on one
+    core each, which is faster on a small machine: `python -m backdoorlab.parallel --repro`)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def cpuinfo_field(name: str) -> str | None:

@@ -2,7 +2,7 @@
 
 Reads   data/dataset.npz ; params attack.target, attack.seed, attack.ia_* (p_attack, p_cross, lambda_div,
         mask_density, lambda_norm, epochs, lr_classifier, lr_generator),
-        train.{arch,batch_size,momentum,weight_decay,augment,precision}
+        train.{arch,batch_size,momentum,weight_decay,augment,precision,threads}
 Writes  models/attacker.pt         the trigger nets G and M (and the attacker's classifier)
         metrics/attacker.json      the attacker's own model: clean accuracy, attack success rate
                                    (non-target test images with their own trigger), cross-trigger
@@ -56,7 +56,7 @@ def main(args) -> None:
     if p["attack.ia_p_attack"] + p["attack.ia_p_cross"] > 1:
         raise params.ParamError(f"attack.ia_p_cross: got {p['attack.ia_p_cross']} with attack.ia_p_attack "
                                 f"{p['attack.ia_p_attack']}; allowed: the two sum to at most 1")
-    rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size, p["train.threads"])
     classifier = rt.prepare(new_model(p["train.arch"], data.x_train, data.num_classes, opts.seed))
     nets = TriggerNets(data.x_train.shape[-1]).to(rt.device).train()
     training = AttackerTraining(nets, p["attack.target"], p["attack.ia_p_attack"], p["attack.ia_p_cross"],

@@ -6,7 +6,7 @@ trigger or the test sets. The stage then scores the returned model like every ot
 
 Reads   data/dataset.npz, data/poisoned/<attack>/, the defense's inputs (for ABL: the isolate stage's
         outputs and the no-defense model, returned as it is when nothing was isolated);
-        params train.{arch,batch_size,momentum,weight_decay,augment,precision}, <defense>.*
+        params train.{arch,batch_size,momentum,weight_decay,augment,precision,threads}, <defense>.*
 Writes  models/<attack>/seed<k>/<defense>.pt
         metrics/scores/<attack>/seed<k>/<defense>.json   the model's row of the results table, and the
                                                           defense's own summary (e.g. when it stopped)
@@ -39,7 +39,7 @@ def main(args) -> None:
     opts = TrainOptions.from_params(p, seed=args.seed)
     with phase("data"):
         data = training_set(attack)
-        rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+        rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size, p["train.threads"])
         x, y = rt.tensors(data.x, data.y)
         monitor, tests = test_sets(attack, rt, MONITOR_SIZE), test_sets(attack, rt)
     with Curves(log_dir(args.defense, attack, args.seed)) as curves, phase("training"):

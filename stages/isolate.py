@@ -12,7 +12,7 @@ Precision and recall are computed against the true poison indices for the metric
 only; the isolation itself never sees them.
 
 Reads   data/dataset.npz, data/poisoned/<attack>/ ; params train.{arch,batch_size,momentum,weight_decay,
-        augment,precision}, isolate.*
+        augment,precision,threads}, isolate.*
 Writes  models/<attack>/seed<k>/finetuned.pt          the model the unlearning starts from
         data/isolated/<attack>/seed<k>.npz           isolated indices, the fine-tuning's held-out indices, every
                                                      example's loss and learning speed, and its loss per
@@ -54,7 +54,7 @@ def main(args) -> None:
     opts = TrainOptions.from_params(p, seed=args.seed)
     with phase("data"):
         data = training_set(attack)
-        rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+        rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size, p["train.threads"])
         x, y = rt.tensors(data.x, data.y)
         monitor = test_sets(attack, rt, MONITOR_SIZE)
     model = rt.prepare(new_model(p["train.arch"], data.x, len(data.classes), args.seed))

@@ -1,7 +1,8 @@
 """Stage `poison_<attack>`: build an attack's poisoned training set and triggered test set.
 
 Reads   data/dataset.npz; params attack.target, attack.seed and the attack's own knobs
-        (see `backdoorlab/attacks/<attack>.py`; dvc.yaml lists them per attack)
+        (see `backdoorlab/attacks/<attack>.py`; dvc.yaml lists them per attack), and train.threads
+        where the attack computes with a model
 Writes  data/poisoned/<attack>/train.npz  x, y (as trained), y_true, poison_indices (ground truth)
         data/poisoned/<attack>/test.npz   x, y (= target), y_true, indices: non-target test images, triggered
         data/poisoned/<attack>/meta.json  attack, target, knobs, counts, classes
@@ -30,7 +31,7 @@ def main(args) -> None:
     params.check_target(p["attack.target"], data.num_classes)
     knobs = {k: p[f"attack.{k}"] for k in cls.knobs}
     attack = cls(knobs, p["attack.target"], p["attack.seed"])
-    attack.load_inputs()
+    attack.load_inputs(p.get("train.threads", 0))
     with phase("poisoning"):
         sets = attack.make_sets(data.x_train, data.y_train, data.x_test, data.y_test)
 

@@ -10,7 +10,7 @@ attack's training set (its poisoned part with the labels the attacker gave it) a
 its triggered test images. Scoring only: it trains nothing and decides nothing.
 
 Reads   models/clean/seed<k>/no_defense.pt, data/dataset.npz, data/poisoned/<attack>/ ;
-        params train.{arch,batch_size,precision}
+        params train.{arch,batch_size,precision,threads}
 Writes  metrics/scores/<attack>/seed<k>/clean_model.json   the attack's "clean model" row of the table
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from backdoorlab.runner import add_seed, phase, run_stage, stage_parser
 from backdoorlab.runtime import Runtime
 from backdoorlab.storage import save_json
 
-PARAMS = ["train.arch", "train.batch_size", "train.precision"]  # the precision the clean model trained in
+PARAMS = ["train.arch", "train.batch_size", "train.precision", "train.threads"]  # the precision the clean model trained in
 
 
 def main(args) -> None:
@@ -34,7 +34,7 @@ def main(args) -> None:
     p = params.load(PARAMS)
     with phase("data"):
         data = training_set(attack)
-        rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"])
+        rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"], p["train.threads"])
         x, y = rt.tensors(data.x, data.y)
         tests = test_sets(attack, rt)
         model = rt.prepare(read_model(model_file(CLEAN, args.seed)))

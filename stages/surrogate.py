@@ -5,7 +5,7 @@ PGD adversarial training, Madry-style: every batch is replaced by its PGD
 perturbation within surrogate.adv_eps (0..255 units, l_inf). Adversarially trained
 surrogates make far stronger clean-label poisons (Turner et al. 2019).
 
-Reads   data/dataset.npz ; params surrogate.*, attack.seed, train.{batch_size,momentum,weight_decay,augment,precision}
+Reads   data/dataset.npz ; params surrogate.*, attack.seed, train.{batch_size,momentum,weight_decay,augment,precision,threads}
 Writes  models/surrogate.pt
         metrics/surrogate.json   clean test accuracy, and accuracy under the same PGD on 1,000 test images
         logs/surrogate/          per-epoch curves
@@ -28,7 +28,8 @@ from backdoorlab.training import TrainOptions, fit, predict
 
 PARAMS = ["surrogate.arch", "surrogate.epochs", "surrogate.lr", "surrogate.adversarial", "surrogate.adv_eps",
           "surrogate.adv_step", "surrogate.adv_steps", "attack.seed", "train.batch_size", "train.momentum",
-          "train.weight_decay", "train.augment", "train.precision"]
+          "train.weight_decay", "train.augment", "train.precision",
+          "train.threads"]
 ROBUST_SAMPLE = 1000
 
 
@@ -38,7 +39,7 @@ def main(args) -> None:
                                     lr=p["surrogate.lr"], schedule="cosine")
     require(DATASET)
     data = Dataset.load(DATASET)
-    rt = Runtime.pick(p["train.precision"], p["surrogate.arch"], opts.batch_size)
+    rt = Runtime.pick(p["train.precision"], p["surrogate.arch"], opts.batch_size, p["train.threads"])
     model = rt.prepare(new_model(p["surrogate.arch"], data.x_train, data.num_classes, opts.seed))
     x, y = rt.tensors(data.x_train, data.y_train)
     attack = dict(norm="linf", eps=p["surrogate.adv_eps"] / 255, step=p["surrogate.adv_step"] / 255,

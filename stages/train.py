@@ -33,7 +33,7 @@ def main(args) -> None:
     opts = TrainOptions.from_params(p, seed=args.seed)
     with phase("data"):
         data = training_set(name)
-        rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+        rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size, p["train.threads"])
         x, y = rt.tensors(data.x, data.y)
         monitor, tests = test_sets(name, rt, MONITOR_SIZE), test_sets(name, rt)
     model = rt.prepare(new_model(p["train.arch"], data.x, len(data.classes), args.seed))

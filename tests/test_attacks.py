@@ -88,7 +88,8 @@ def test_every_registered_attack_carries_its_registry_name_and_declares_its_rate
     assert cls.__module__ == attack_module(name)
     assert cls.name == name
     assert cls.rate_knob in cls.knobs
-    assert param_keys(name) == ["attack.target", "attack.seed", *(f"attack.{k}" for k in cls.knobs)]
+    computes = ["train.threads"] if cls.inputs else []  # a model's arithmetic rounds per thread count
+    assert param_keys(name) == ["attack.target", "attack.seed", *(f"attack.{k}" for k in cls.knobs), *computes]
 
 
 # ------------------------------------------------------------------ Blend

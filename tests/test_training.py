@@ -90,7 +90,8 @@ def test_constant_schedule_keeps_the_lr():
 def test_options_come_from_the_train_params_with_the_stage_seed_and_changes_on_top():
     p = {"train.arch": "convnet", "train.epochs": 7, "train.lr": 0.2, "train.batch_size": 16,
          "train.schedule": "step", "train.milestones": [3, 5], "train.momentum": 0.8,
-         "train.weight_decay": 0.0, "train.augment": "crop", "train.precision": "fp32"}
+         "train.weight_decay": 0.0, "train.augment": "crop", "train.precision": "fp32",
+         "train.threads": 0}
     opts = TrainOptions.from_params(p, seed=4, lr=0.01)
     assert opts == TrainOptions(epochs=7, lr=0.01, batch_size=16, schedule="step", milestones=(3, 5),
                                 momentum=0.8, weight_decay=0.0, augment="crop", seed=4)

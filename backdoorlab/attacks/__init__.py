@@ -32,5 +32,8 @@ def attack_module(name: str) -> str:
 
 
 def param_keys(name: str) -> list[str]:
-    """The params.yaml keys an attack's poison stage reads, in order."""
-    return ["attack.target", "attack.seed"] + [f"attack.{knob}" for knob in attack_class(name).knobs]
+    """The params.yaml keys an attack's poison stage reads, in order (the thread count where it computes
+    with a model, since that rounds differently per thread count)."""
+    cls = attack_class(name)
+    return (["attack.target", "attack.seed"] + [f"attack.{knob}" for knob in cls.knobs]
+            + (["train.threads"] if cls.inputs else []))

@@ -50,8 +50,9 @@ class Attack(ABC):
         self.target = target
         self.seed = seed
 
-    def load_inputs(self) -> None:
-        """Read `inputs` before poisoning; attacks without inputs have nothing to do."""
+    def load_inputs(self, threads: int = 0) -> None:
+        """Read `inputs` before poisoning, to compute on `threads` CPU threads (`train.threads`, since the
+        thread count changes the rounding); attacks without inputs have nothing to do."""
 
     def figures(self, x: np.ndarray, y: np.ndarray) -> dict:
         """Extra pictures for the gallery, {name: matplotlib figure}, from the clean training set."""

@@ -45,8 +45,8 @@ class CleanLabel(Attack):
     clean_label = True
     inputs = (SURROGATE,)
 
-    def load_inputs(self) -> None:
-        self.rt = Runtime.pick()
+    def load_inputs(self, threads: int = 0) -> None:
+        self.rt = Runtime.pick(threads=threads)
         self.surrogate = self.rt.prepare(load_model(SURROGATE))
 
     def perturb(self, x: np.ndarray, y: np.ndarray, norm: str, eps: float, step: float, steps: int) -> np.ndarray:

@@ -125,8 +125,8 @@ class InputAware(Attack):
     rate_knob = "ia_rate"
     inputs = (ATTACKER,)
 
-    def load_inputs(self) -> None:
-        self.rt = Runtime.pick()
+    def load_inputs(self, threads: int = 0) -> None:
+        self.rt = Runtime.pick(threads=threads)
         self.nets = TriggerNets.from_checkpoint(load_checkpoint(ATTACKER)["nets"]).to(self.rt.device)
 
     def trigger(self, x: np.ndarray) -> np.ndarray:
