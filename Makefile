@@ -1,4 +1,4 @@
-# `make demo`: set up .venv if missing, run the offline demo pipeline, print its table.
+# `make demo`: set up .venv if missing, run the offline demo pipeline (what `dvc repro` does, stages side by side), print its table.
 # `make test`: set up .venv if missing, run the test suite.
 # `make bench`: set up .venv if missing, print speed and memory figures.
 # `make pipelines`: write each stage's code deps into dvc.yaml, then copy it into the configuration folders.
@@ -7,6 +7,8 @@ VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(abspath .dvc-site-cache)
+# The demo's stages run side by side, one per core (at most 8), each on one thread (`train.threads: 1`).
+JOBS ?= $(shell python3 -c 'import os; print(min(8, os.cpu_count() or 1))')
 
 .PHONY: demo test bench cifar10-cpu pipelines
 
@@ -16,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	cd demo && python -m backdoorlab.worker dvc repro
+	cd demo && python -m backdoorlab.worker python -m backdoorlab.parallel . --jobs $(JOBS) --repro
 	@cat demo/metrics/results.md
 
 test: $(VENV)/.installed

@@ -18,8 +18,8 @@ in dvc.lock as if `dvc repro` had made them.
 
 With --repro it does both, so that it can stand in for `dvc repro`: it runs only the
 stages `dvc status` reports changed and those waiting on them, records them with `dvc
-commit` (dvc.lock and DVC's run cache, as `dvc repro` would), then runs `dvc repro`,
-which finds nothing left to do unless something was missed. On a small CPU this is
+commit` (dvc.lock and DVC's run cache, as `dvc repro` would), then asks `dvc status`
+again and runs `dvc repro` if anything was missed. On a small CPU this is
 how stages should run side by side: two stages on one thread each get more done than
 one on two threads (a demo training stage: 1.8x on a 2-core machine), and the
 configuration's `train.threads` fixes the thread count, so the numbers are the same
@@ -175,7 +175,8 @@ def run(folders: list[Path], patterns: list[str], jobs: int, stop_launching: flo
                 state[name] = "ok" if code == 0 else "failed"
                 timeline.append({"stage": name, "start_s": round(start, 1), "end_s": round(now, 1),
                                  "status": state[name], "exit": code})
-                print(f"{now:7.1f} s  {state[name]:6s} {name}  ({now - start:.1f} s)", flush=True)
+                print(f"{now:7.1f} s  {state[name]:6s} {name}  ({now - start:.1f} s)  "
+                      f"[{sum(v in ('ok', 'failed') for v in state.values())}/{len(graph)}]", flush=True)
                 if code != 0:
                     log = where[name][0] / "run-logs" / f"{graph[name].name.replace('@', '_')}.log"
                     print("".join(log.read_text(errors="replace").splitlines(True)[-15:]), end="", flush=True)
@@ -207,7 +208,7 @@ def run(folders: list[Path], patterns: list[str], jobs: int, stop_launching: flo
             done = [graph[n].name for n in graph if where[n][1] == k and state.get(n) == "ok"]
             if done:  # what `dvc repro` records after each stage, for all of them at once
                 dvc(folder, "commit", "--force", *done)
-            if not left:
+            if not left and changed(folder):  # nothing, unless this missed something: then DVC does it
                 dvc(folder, "repro", "dvc.yaml")
     return 1 if any(state.get(n) == "failed" for n in left) else 0
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop the stages still running after S seconds (their outputs are not written)")
     parser.add_argument("--repro", action="store_true",
                         help="as `dvc repro`: only what `dvc status` says changed and what waits on it, recorded "
-                             "in dvc.lock by `dvc commit`, then `dvc repro` to check that nothing is left")
+                             "in dvc.lock by `dvc commit`, then `dvc repro` if `dvc status` still finds a change")
     args = parser.parse_args(argv)
     for folder in args.folders:
         if not (folder / "dvc.yaml").is_file() or not (folder / "params.yaml").is_file():

@@ -5,7 +5,8 @@ place, so a crash never leaves half an artifact. Files get the mode a plain writ
 would give them (0666 less the umask, usually 0644), not the temporary file's 0600,
 so a shared results folder stays readable. Arrays load with
 allow_pickle=False and checkpoints with weights_only=True: nothing on disk can
-run code when it is read.
+run code when it is read. torch is imported only where a checkpoint is read or written,
+so that what only reads results (the report, `backdoorlab.parallel`) starts without it.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 
 def current_umask() -> int:
@@ -88,6 +88,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     which would be the random temporary name, so the same weights would give different bytes (and
     DVC would see a changed output on every rerun).
     """
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     with atomic_path(path) as tmp:
@@ -95,6 +97,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

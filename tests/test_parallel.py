@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -65,6 +66,33 @@ def test_a_failed_stage_stops_what_waits_on_it_and_the_exit_code_says_so(tmp_pat
     timeline = json.loads((tmp_path / "cfg" / "run-logs" / "timeline.json").read_text())
     assert [s["status"] for s in timeline["stages"]] == ["ok", "failed", "failed"]
     assert sorted(timeline["not_run"]) == ["last", "second@0", "second@1"]
+
+
+def ran(folder: Path) -> list[str]:
+    return sorted(s["stage"] for s in json.loads((folder / "run-logs" / "timeline.json").read_text())["stages"])
+
+
+def test_repro_runs_only_what_changed_and_records_it_in_dvc_lock_as_dvc_repro_would(tmp_path):
+    folder = tmp_path / "cfg"
+    write(folder)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=folder, check=True)
+    assert main([str(folder), "--jobs", "2", "--repro"]) == 0
+    assert ran(folder) == ["first", "last", "second@0", "second@1"]
+    assert set(yaml.safe_load((folder / "dvc.lock").read_text())["stages"]) == {"first", "second@0", "second@1", "last"}
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=folder, check=True,
+                            capture_output=True, text=True)
+    assert json.loads(status.stdout) == {}
+
+    assert main([str(folder), "--jobs", "2", "--repro"]) == 0
+    assert ran(folder) == []  # up to date: nothing runs
+    (folder / "second1.txt").unlink()
+    assert main([str(folder), "--jobs", "2", "--repro"]) == 0
+    assert ran(folder) == ["last", "second@1"]  # the changed stage and what waits on it, not its siblings
+
+
+def test_make_demo_runs_the_demo_side_by_side_on_a_fixed_thread_count_so_its_numbers_are_dvc_repro_s():
+    assert "python -m backdoorlab.parallel . --jobs $(JOBS) --repro" in (ROOT / "Makefile").read_text()
+    assert yaml.safe_load((ROOT / "demo" / "params.yaml").read_text())["train"]["threads"] == 1
 
 
 def test_the_gpu_comparison_script_sets_up_the_two_anchor_rules_on_the_same_isolations(tmp_path):

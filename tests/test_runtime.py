@@ -22,6 +22,18 @@ def test_explicit_precisions_are_taken_as_given(cpu_only):
     assert Runtime.pick("bf16").autocast == torch.bfloat16
 
 
+def test_train_threads_fixes_the_thread_count_and_zero_leaves_torch_s_own():
+    before = torch.get_num_threads()
+    try:
+        Runtime.pick("fp32", threads=1)
+        assert torch.get_num_threads() == 1 and Runtime.pick("fp32").describe()["threads"] == 1
+        torch.set_num_threads(2)
+        Runtime.pick("fp32", threads=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_auto_measures_once_and_every_later_stage_reuses_the_choice(cpu_only, monkeypatch):
     calls = []
 
