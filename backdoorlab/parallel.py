@@ -149,7 +149,7 @@ def run(folders: list[Path], patterns: list[str], jobs: int, stop_launching: flo
         chosen = select(stages(folder), patterns)
         if repro:
             chosen = waiting_on(chosen, changed(folder))
-            print(f"{folder}: {len(chosen)} stages changed or waiting on a change", flush=True)
+            print(f"{folder.resolve().name}: {len(chosen)} of its stages changed or wait on a change", flush=True)
         for stage in chosen.values():
             stage.after = {prefix + a for a in stage.after if a in chosen}  # the rest is up to date
             graph[prefix + stage.name] = stage
@@ -207,6 +207,7 @@ def run(folders: list[Path], patterns: list[str], jobs: int, stop_launching: flo
         for k, folder in enumerate(folders):
             done = [graph[n].name for n in graph if where[n][1] == k and state.get(n) == "ok"]
             if done:  # what `dvc repro` records after each stage, for all of them at once
+                print(f"{folder.resolve().name}: recording {len(done)} stages in dvc.lock (dvc commit)", flush=True)
                 dvc(folder, "commit", "--force", *done)
             if not left and changed(folder):  # nothing, unless this missed something: then DVC does it
                 dvc(folder, "repro", "dvc.yaml")
