@@ -232,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         if not (folder / "dvc.yaml").is_file() or not (folder / "params.yaml").is_file():
             parser.exit(2, f"{folder}: needs dvc.yaml and params.yaml\n")
-    return run(args.folders, args.stages, args.jobs, args.stop_launching, args.kill, args.repro)
+    try:
+        return run(args.folders, args.stages, args.jobs, args.stop_launching, args.kill, args.repro)
+    except subprocess.CalledProcessError as exc:  # DVC said why on stderr
+        parser.exit(2, f"error: `dvc {exc.cmd[3]}` failed (exit {exc.returncode}): DVC says why above\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from backdoorlab.parallel import main, stages
@@ -88,6 +89,14 @@ def test_repro_runs_only_what_changed_and_records_it_in_dvc_lock_as_dvc_repro_wo
     (folder / "second1.txt").unlink()
     assert main([str(folder), "--jobs", "2", "--repro"]) == 0
     assert ran(folder) == ["last", "second@1"]  # the changed stage and what waits on it, not its siblings
+
+
+def test_repro_outside_a_dvc_repository_stops_with_one_line_and_exit_2(tmp_path, capsys):
+    write(tmp_path / "cfg")
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "cfg"), "--repro"])
+    assert stop.value.code == 2 and "error: `dvc status` failed" in capsys.readouterr().err
+    assert not (tmp_path / "cfg" / "first.txt").exists()
 
 
 def test_make_demo_runs_the_demo_side_by_side_on_a_fixed_thread_count_so_its_numbers_are_dvc_repro_s():
