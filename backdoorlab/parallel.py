@@ -16,17 +16,18 @@ seed 1..., and within a seed the longest chains: a deadline cuts whole seeds las
 Nothing is cached or skipped: DVC does that. `dvc commit` afterwards records the outputs
 in dvc.lock as if `dvc repro` had made them.
 
-With --repro it does both, so that it can stand in for `dvc repro`: it runs only the
-stages `dvc status` reports changed and those waiting on them, records them with `dvc
-commit` (dvc.lock and DVC's run cache, as `dvc repro` would), then asks `dvc status`
-again and runs `dvc repro` if anything was missed. On a small CPU this is
+With --repro it skips and records as DVC does, so that it can stand in for `dvc repro`:
+it runs only the stages `dvc status` reports changed and those waiting on them, records
+them with `dvc commit` (dvc.lock and DVC's run cache, as `dvc repro` would), then asks
+`dvc status` again and runs `dvc repro` if anything was missed. On a small CPU this is
 how stages should run side by side: two stages on one thread each get more done than
-one on two threads (a demo training stage: 1.8x on a 2-core machine), and the
+one on two threads (demo training stages: 1.5x on a 2-core machine), and the
 configuration's `train.threads` fixes the thread count, so the numbers are the same
 as `dvc repro`'s.
 
 Each stage's output goes to <folder>/run-logs/<stage>.log, the timeline (start, end,
-status of every stage) to <folder>/run-logs/timeline.json. Stages run with one CPU thread.
+status of every stage) to <folder>/run-logs/timeline.json. Stages run with one CPU thread
+(OMP_NUM_THREADS=1) unless their configuration's `train.threads` says otherwise.
 Patterns (fnmatch, on stage names such as `train@badnets-0`) keep the matching stages
 and everything they wait for.
 """
