@@ -19,7 +19,8 @@ in dvc.lock as if `dvc repro` had made them.
 With --repro it skips and records as DVC does, so that it can stand in for `dvc repro`:
 it runs only the stages `dvc status` reports changed and those waiting on them, records
 them with `dvc commit` (dvc.lock and DVC's run cache, as `dvc repro` would), then asks
-`dvc status` again and runs `dvc repro` if anything was missed. On a small CPU this is
+`dvc status` again and runs `dvc repro` if anything was missed. Unlike `dvc repro` it
+does not restore a stage from DVC's run cache: it runs it again. On a small CPU this is
 how stages should run side by side: two stages on one thread each get more done than
 one on two threads (demo training stages: 1.5x on a 2-core machine), and the
 configuration's `train.threads` fixes the thread count, so the numbers are the same

@@ -72,7 +72,7 @@ def probe(attack: str, seed: int, rounds: int, speed_filter: bool = True,
     chosen = isolation["indices"]
     if not len(chosen):
         return f"{attack} seed {seed}: nothing isolated", []
-    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"])
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"], p["train.threads"])
     x = rt.tensors(data.x)
     label = int(np.bincount(data.y[chosen]).argmax())
     members = np.flatnonzero(data.y == label)

@@ -119,7 +119,7 @@ def probe(attack: str, seed: int, max_epochs: int | None, partners: int, alphas:
     if max_epochs:
         cfg = dataclasses.replace(cfg, max_epochs=max_epochs)
     data = training_set(check_model_name(attack))
-    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"])
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"], p["train.threads"])
     x, y = rt.tensors(data.x, data.y)
     labels, poisoned = data.y, poison_mask(data)
     model = rt.prepare(new_model(p["train.arch"], data.x, len(data.classes), seed))
@@ -148,7 +148,7 @@ def probe_finetuned(attack: str, seed: int, partners: int, alphas: list[float], 
     isolated indices."""
     p = params.load(PARAMS)
     data = training_set(check_model_name(attack))
-    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"])
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"], p["train.threads"])
     x = rt.tensors(data.x)
     labels, poisoned = data.y, poison_mask(data)
     model = rt.prepare(load_model(model_file(attack, seed, FINETUNED)))

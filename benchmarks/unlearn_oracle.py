@@ -82,7 +82,7 @@ def probe(attack: str, seed: int) -> list[str]:
     require(model_file(attack, seed, FINETUNED), isolated_file(attack, seed))
     isolation = load_arrays(isolated_file(attack, seed))
     opts = TrainOptions.from_params(p, seed=seed)
-    rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size)
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size, p["train.threads"])
     x, y = rt.tensors(data.x, data.y)
     tests = test_sets(attack, rt)
     poisoned = np.asarray(data.poison_indices, dtype=np.int64)

@@ -78,7 +78,7 @@ def probe(attack: str, seed: int) -> list[str]:
     isolation = load_arrays(isolated_file(attack, seed))
     if not len(isolation["indices"]):
         return [f"| {attack} seed {seed} | nothing isolated | | | | | | |"]
-    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"])
+    rt = Runtime.pick(p["train.precision"], p["train.arch"], p["train.batch_size"], p["train.threads"])
     x, _ = rt.tensors(data.x, data.y)
     label = int(np.bincount(data.y[isolation["indices"]]).argmax())  # as the defense: strays of other labels aside
     members = np.setdiff1d(np.flatnonzero(data.y == label), isolation["indices"])

@@ -24,7 +24,8 @@ from backdoorlab.runner import add_seed, phase, run_stage, stage_parser
 from backdoorlab.runtime import Runtime
 from backdoorlab.storage import save_json
 
-PARAMS = ["train.arch", "train.batch_size", "train.precision", "train.threads"]  # the precision the clean model trained in
+# the precision and thread count the clean model trained in
+PARAMS = ["train.arch", "train.batch_size", "train.precision", "train.threads"]
 
 
 def main(args) -> None:

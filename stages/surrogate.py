@@ -5,7 +5,8 @@ PGD adversarial training, Madry-style: every batch is replaced by its PGD
 perturbation within surrogate.adv_eps (0..255 units, l_inf). Adversarially trained
 surrogates make far stronger clean-label poisons (Turner et al. 2019).
 
-Reads   data/dataset.npz ; params surrogate.*, attack.seed, train.{batch_size,momentum,weight_decay,augment,precision,threads}
+Reads   data/dataset.npz ; params surrogate.*, attack.seed,
+        train.{batch_size,momentum,weight_decay,augment,precision,threads}
 Writes  models/surrogate.pt
         metrics/surrogate.json   clean test accuracy, and accuracy under the same PGD on 1,000 test images
         logs/surrogate/          per-epoch curves
@@ -28,8 +29,7 @@ from backdoorlab.training import TrainOptions, fit, predict
 
 PARAMS = ["surrogate.arch", "surrogate.epochs", "surrogate.lr", "surrogate.adversarial", "surrogate.adv_eps",
           "surrogate.adv_step", "surrogate.adv_steps", "attack.seed", "train.batch_size", "train.momentum",
-          "train.weight_decay", "train.augment", "train.precision",
-          "train.threads"]
+          "train.weight_decay", "train.augment", "train.precision", "train.threads"]
 ROBUST_SAMPLE = 1000
 
 
