@@ -1,6 +1,7 @@
 """Input-aware attack: input-specific triggers, the mask norm loss, the NaN guard, relabelled poisons."""
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -64,6 +65,20 @@ def test_the_batch_transform_triggers_p_attack_relabelled_and_p_cross_with_true_
     assert torch.equal(inputs[4:], x[4:])
     assert not torch.equal(inputs[:4], x[:4])
     assert torch.isfinite(extra)
+
+
+def test_cross_triggers_are_the_ones_the_nets_make_for_the_other_image_in_training_mode():
+    # the batch transform makes each trigger once and reorders them for the cross share: batch normalisation's
+    # statistics are the same for any order of the batch, so this equals running the nets on the other images
+    nets = copy.deepcopy(trained_nets(1)).train()  # training mode updates its running statistics: a copy
+    training = AttackerTraining(nets, target=7, p_attack=0.25, p_cross=0.5, lambda_div=1.0,
+                                mask_density=0.1, lambda_norm=1.0)
+    x, y = images(8), torch.arange(8)
+    with torch.no_grad():
+        inputs, _, _ = training(x, y)
+        other = x[torch.roll(torch.arange(8), 4)]
+        crossed = x + nets.mask(other) * (nets.pattern(other) - x)
+    torch.testing.assert_close(inputs[2:6], crossed[2:6], atol=1e-5, rtol=1e-4)
 
 
 def test_a_non_finite_loss_stops_attacker_training_naming_the_epoch():

@@ -94,9 +94,12 @@ class AttackerTraining:
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         n = len(x)
         n_attack, n_cross = round(self.p_attack * n), round(self.p_cross * n)
-        other = x[torch.roll(torch.arange(n, device=x.device), n // 2)]
-        pattern, pattern_other = self.nets.pattern(x), self.nets.pattern(other)
-        mask, mask_other = self.nets.mask(x), self.nets.mask(other)
+        others = torch.roll(torch.arange(n, device=x.device), n // 2)
+        other = x[others]
+        pattern, mask = self.nets.pattern(x), self.nets.mask(x)
+        # The other images are this batch reordered, and batch normalisation's statistics do not depend on the
+        # order, so their patterns and masks are these reordered: half the generator's work.
+        pattern_other, mask_other = pattern[others], mask[others]
         triggered = mix(x, mask, pattern)
         crossed = mix(x, mask_other, pattern_other)
         inputs = torch.cat([triggered[:n_attack], crossed[n_attack:n_attack + n_cross], x[n_attack + n_cross:]])
