@@ -112,7 +112,7 @@ SCHEMA: dict[str, Spec] = {
     "train.milestones": int_list(1),
     "train.momentum": number(0.0, 1.0),
     "train.weight_decay": number(0.0),
-    "train.augment": choice("crop_flip", "crop", "none"),
+    "train.augment": choice("crop_flip", "crop", "flip", "none"),
     "train.precision": choice("auto", "fp32", "bf16"),
     "train.threads": integer(0),
     # the input-aware attack's attacker stage (its poison stage's knob lives in attacks/input_aware.py)
@@ -136,7 +136,7 @@ SCHEMA: dict[str, Spec] = {
     "isolate.lr": number(0.0, lo_open=True),
     "isolate.gamma": number(0.0),
     "isolate.lga": choice("batch", "per_example"),
-    "isolate.augment": choice("crop_flip", "crop", "none"),
+    "isolate.augment": choice("crop_flip", "crop", "flip", "none"),
     "isolate.selection": choice("adaptive", "lowest"),
     "isolate.ratio": number(0.0, 1.0, lo_open=True),
     "isolate.min_concentration": number(0.0, 1.0),

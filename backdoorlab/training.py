@@ -29,7 +29,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 EVAL_BATCH = 512
 SCHEDULES = ("cosine", "step", "constant")
-AUGMENTS = ("crop_flip", "crop", "none")
+AUGMENTS = ("crop_flip", "crop", "flip", "none")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class TrainOptions:
     milestones: tuple[int, ...] = ()
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    augment: str = "crop_flip"  # crop_flip | crop | none, done in batches on the device
+    augment: str = "crop_flip"  # crop_flip | crop | flip | none, done in batches on the device
     seed: int = 0
 
     def replace(self, **changes) -> "TrainOptions":
@@ -70,9 +70,13 @@ THROUGHPUT = Throughput()  # accumulated by every fit() in this process
 
 
 def augment(xb: torch.Tensor, mode: str, gen: torch.Generator, pad: int | None = None) -> torch.Tensor:
-    """Random crop with zero padding, and (crop_flip) horizontal flip, for a whole uint8 batch."""
+    """Random crop with zero padding and (crop_flip) horizontal flip, or (flip) the flip alone, for a whole
+    uint8 batch."""
     if mode == "none":
         return xb
+    if mode == "flip":
+        flip = torch.rand(len(xb), device=xb.device, generator=gen) < 0.5
+        return torch.where(flip[:, None, None, None], xb.flip(2), xb)
     n, h, w, _ = xb.shape
     pad = max(1, round(h / 8)) if pad is None else pad  # 4 pixels on 32x32 images
     padded = F.pad(xb, (0, 0, pad, pad, pad, pad))

@@ -57,6 +57,14 @@ def test_flip_mirrors_about_half_the_batch_and_none_keeps_images():
     assert torch.equal(augment(x, "none", gen), x)
 
 
+def test_flip_alone_mirrors_about_half_the_batch_and_shifts_nothing():
+    x = torch.arange(16, dtype=torch.uint8).view(1, 4, 4, 1).repeat(200, 1, 1, 1)
+    out = augment(x, "flip", torch.Generator().manual_seed(0))
+    flipped = (out == x.flip(2)).all(dim=(1, 2, 3))
+    assert 60 < flipped.sum() < 140
+    assert ((out == x).all(dim=(1, 2, 3)) | flipped).all()  # every image is itself or its mirror image
+
+
 # ------------------------------------------------------------------ options and schedules
 
 def epoch_lrs(opts: TrainOptions, epochs: int) -> list[float]:
