@@ -65,9 +65,11 @@ def name_of(attack: str, setting: dict[str, str]) -> str:
     return "-".join([attack, *(f"{k.split('.')[-1]}{v}" for k, v in setting.items())]).replace("_", "")
 
 
-def rows_of(attack: str, setting: dict[str, str]) -> list[dict]:
-    """This experiment's per-seed scores of the attack's models, and the clean model on the target class."""
-    rows = [r for r in per_seed_rows(SCORES, ISOLATION) if r.get("attack", CLEAN) in (attack, CLEAN)]
+def rows_of(attack: str, setting: dict[str, str], seeds: list[int]) -> list[dict]:
+    """This experiment's per-seed scores of the attack's models, and the clean model on the target class.
+    Only `seeds` (params.yaml's): score files of other seeds left in the folder are not this experiment's."""
+    rows = [r for r in per_seed_rows(SCORES, ISOLATION)
+            if r.get("attack", CLEAN) in (attack, CLEAN) and r["seed"] in seeds]
     target = next(r["target"] for r in rows if r.get("attack") == attack)
     for r in rows:
         if "attack" not in r:  # the clean model: its accuracy on this target class
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             sets = [arg for k, v in setting.items() for arg in ("-S", f"{k}={v}")]
             run([sys.executable, "-m", "backdoorlab.dvcrun", "exp", "run", "-n", name_of(args.attack, setting),
                  *sets, *targets])  # dvcrun: DVC, with a cheaper dvc.lock rewrite after each stage
-            rows += rows_of(args.attack, setting)
+            rows += rows_of(args.attack, setting, list(params["seeds"]))
     finally:
         run(["git", "checkout", "HEAD", "--", "."])
         # Not fatal: in a folder whose committed outputs were never made here, the cache lacks them, and the
