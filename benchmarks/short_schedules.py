@@ -32,7 +32,6 @@ from backdoorlab.runtime import Runtime, cpu_family_model, cpu_model
 from backdoorlab.training import AUGMENTS, THROUGHPUT, TrainOptions, fit
 
 
-
 def augment_mode(value: str) -> str:
     if value not in AUGMENTS:
         raise argparse.ArgumentTypeError(f"augment={value!r}: allowed: {', '.join(AUGMENTS)}")
