@@ -247,3 +247,27 @@ def test_the_destination_probe_counts_what_left_the_label_and_how_spread_it_went
     assert spread(np.array([0, 4, 0, 0])) == (1.0, 0.0)
     assert auc(np.array([0.9, 0.8, 0.1, 0.2]), np.array([True, True, False, False])) == 1.0
     assert auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
+
+
+def test_a_short_schedule_variant_without_label_smoothing_trains_with_the_stages_own_loss():
+    from benchmarks.short_schedules import smoothed_cross_entropy, variant
+    from backdoorlab.training import cross_entropy
+
+    assert variant("epochs=8,augment=flip,label_smoothing=0.2") == {"epochs": 8, "augment": "flip",
+                                                                     "label_smoothing": 0.2}
+    assert smoothed_cross_entropy(0.0) is cross_entropy
+    logits, y, weight = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), torch.tensor([0.5])
+    # smoothing 0.3 over 3 classes: target 0.8 on the label, 0.1 on each other class
+    log_p = torch.log_softmax(logits, 1)[0]
+    expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2]) * 0.5
+    assert smoothed_cross_entropy(0.3)(logits, y, weight).item() == pytest.approx(expected.item())
+
+
+@pytest.mark.parametrize("text", ["label_smoothing=1", "label_smoothing=-0.1", "warmup=2"])
+def test_a_short_schedule_variant_out_of_range_or_unknown_is_refused(text):
+    import argparse
+
+    from benchmarks.short_schedules import variant
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        variant(text)
