@@ -113,6 +113,7 @@ SCHEMA: dict[str, Spec] = {
     "train.momentum": number(0.0, 1.0),
     "train.weight_decay": number(0.0),
     "train.augment": choice("crop_flip", "crop", "flip", "none"),
+    "train.label_smoothing": Spec("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
     "train.precision": choice("auto", "fp32", "bf16"),
     "train.threads": integer(0),
     # the input-aware attack's attacker stage (its poison stage's knob lives in attacks/input_aware.py)
@@ -152,8 +153,11 @@ SCHEMA: dict[str, Spec] = {
 # threads).
 MODEL_KEYS = ["train.arch", "train.batch_size", "train.momentum", "train.weight_decay", "train.augment",
               "train.precision", "train.threads"]
+# The training loss's smoothing: read where models learn labels with the plain loss (no-defense training and
+# the isolation's fine-tuning), not by the attacks' own models nor by the unlearning, whose losses are their own.
+SMOOTHING_KEYS = ["train.label_smoothing"]
 # Everything the no-defense training reads.
-TRAIN_KEYS = MODEL_KEYS + ["train.epochs", "train.lr", "train.schedule", "train.milestones"]
+TRAIN_KEYS = MODEL_KEYS + SMOOTHING_KEYS + ["train.epochs", "train.lr", "train.schedule", "train.milestones"]
 
 
 def check_seeds(path: str | Path = "params.yaml") -> list[int]:

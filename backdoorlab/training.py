@@ -44,6 +44,7 @@ class TrainOptions:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: str = "crop_flip"  # crop_flip | crop | flip | none, done in batches on the device
+    label_smoothing: float = 0.0  # the share of each target spread over every class (Szegedy et al. 2016)
     seed: int = 0
 
     def replace(self, **changes) -> "TrainOptions":
@@ -101,6 +102,17 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -
     return (F.cross_entropy(logits, y, reduction="none") * weight).mean()
 
 
+def smoothed_cross_entropy(share: float) -> LossFn:
+    """The plain loss with label smoothing: the target is 1 - share on the label plus share / classes on every
+    class. Share 0 is `cross_entropy` itself, so a model trained without smoothing is trained as before."""
+    if share == 0.0:
+        return cross_entropy
+
+    def loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (F.cross_entropy(logits, y, reduction="none", label_smoothing=share) * weight).mean()
+    return loss
+
+
 def sgd(model: nn.Module, opts: TrainOptions) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
 
@@ -115,17 +127,20 @@ def scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions) -> torch.opt
 
 
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-                rt: Runtime, opts: TrainOptions, gen: torch.Generator, loss_fn: LossFn = cross_entropy,
+                rt: Runtime, opts: TrainOptions, gen: torch.Generator, loss_fn: LossFn | None = None,
                 weight: torch.Tensor | None = None, batch_transform: BatchTransform | None = None,
                 extra_optimizers: Sequence[torch.optim.Optimizer] = (), desc: str = "train",
                 example_losses: torch.Tensor | None = None, frozen_norm: bool = False) -> dict[str, float]:
     """One pass over (x, y) in random order; returns the mean loss and accuracy seen while training.
+
+    `loss_fn` defaults to the plain cross-entropy, smoothed by `opts.label_smoothing`.
 
     `example_losses` (N floats), when given, receives each example's cross-entropy as the model saw it in
     this pass, before its own update: a free per-example learning signal (ABL's isolation reads it).
     `frozen_norm` keeps batch normalisation in eval mode (its running statistics neither used per batch nor
     updated): small, unusual batches such as unlearning's then cannot shift what every input is normalised by."""
     model.train(not frozen_norm)
+    loss_fn = smoothed_cross_entropy(opts.label_smoothing) if loss_fn is None else loss_fn
     weight = torch.ones(len(y), device=rt.device) if weight is None else weight
     optimizers = [optimizer, *extra_optimizers]
     total_loss, correct, seen = 0.0, 0, 0
@@ -162,7 +177,7 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: t
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime, opts: TrainOptions, *,
-        loss_fn: LossFn = cross_entropy, weight: torch.Tensor | None = None,
+        loss_fn: LossFn | None = None, weight: torch.Tensor | None = None,
         batch_transform: BatchTransform | None = None, extra_optimizers: Sequence[torch.optim.Optimizer] = (),
         on_epoch: Callable[[int, dict], bool | None] | None = None, desc: str = "train") -> torch.optim.Optimizer:
     """Train for opts.epochs passes. `on_epoch(epoch, stats)` sees each epoch's lr, loss and accuracy on the

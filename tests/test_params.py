@@ -187,6 +187,8 @@ CASES = {
                             "error: train.lr: got 'fast' (str); allowed: a number > 0"),
     "unknown model": (set_key("train.arch", "vgg"), ["stages.train", "clean", "0"],
                       "error: train.arch: got 'vgg' (str); allowed: one of resnet18, wrn16-1, wrn16-4, convnet"),
+    "smoothing everything away": (set_key("train.label_smoothing", 1.0), ["stages.train", "clean", "0"],
+                                  "error: train.label_smoothing: got 1.0 (float); allowed: a number in [0, 1)"),
     "boolean for an integer": (set_key("train.epochs", True), ["stages.train", "clean", "0"],
                                "error: train.epochs: got True (bool); allowed: an integer >= 1"),
     "attack not poisoned yet": (unchanged, ["stages.train", "sig", "0"],

@@ -12,8 +12,8 @@ from torch import nn
 from backdoorlab.models import ARCHITECTURES, Classifier, new_model
 from backdoorlab.runtime import Runtime
 from backdoorlab.storage import load_checkpoint, save_checkpoint
-from backdoorlab.training import (TrainOptions, accuracy_and_loss, augment, fit, per_example_losses, scheduler,
-                                  sgd, train_epoch)
+from backdoorlab.training import (TrainOptions, accuracy_and_loss, augment, cross_entropy, fit, per_example_losses,
+                                  predict, scheduler, sgd, smoothed_cross_entropy, train_epoch)
 
 CPU = Runtime(torch.device("cpu"), channels_last=False)
 
@@ -99,10 +99,10 @@ def test_options_come_from_the_train_params_with_the_stage_seed_and_changes_on_t
     p = {"train.arch": "convnet", "train.epochs": 7, "train.lr": 0.2, "train.batch_size": 16,
          "train.schedule": "step", "train.milestones": [3, 5], "train.momentum": 0.8,
          "train.weight_decay": 0.0, "train.augment": "crop", "train.precision": "fp32",
-         "train.threads": 0}
+         "train.threads": 0, "train.label_smoothing": 0.1}
     opts = TrainOptions.from_params(p, seed=4, lr=0.01)
     assert opts == TrainOptions(epochs=7, lr=0.01, batch_size=16, schedule="step", milestones=(3, 5),
-                                momentum=0.8, weight_decay=0.0, augment="crop", seed=4)
+                                momentum=0.8, weight_decay=0.0, augment="crop", label_smoothing=0.1, seed=4)
     assert opts.replace(epochs=2).epochs == 2 and opts.epochs == 7  # frozen: replace gives a copy
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.lr = 1.0
@@ -241,3 +241,31 @@ def test_models_normalise_with_the_training_set_statistics():
     x = np.full((4, 8, 8, 3), [51, 102, 204], dtype=np.uint8)
     model = new_model("convnet", x, 2, seed=0)
     assert model.mean.flatten().tolist() == pytest.approx([0.2, 0.4, 0.8])
+
+
+# ------------------------------------------------------------------ label smoothing
+
+def test_label_smoothing_spreads_its_share_of_the_target_over_every_class():
+    logits, y, weight = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), torch.tensor([0.5])
+    log_p = torch.log_softmax(logits, 1)[0]
+    # share 0.3 over 3 classes: 0.7 + 0.1 on the label, 0.1 on each other class
+    expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2]) * 0.5
+    assert smoothed_cross_entropy(0.3)(logits, y, weight).item() == pytest.approx(expected.item())
+    assert smoothed_cross_entropy(0.0) is cross_entropy  # no smoothing: the plain loss, as before
+
+
+def test_training_without_smoothing_is_unchanged_and_with_it_the_model_is_less_sure():
+    x, y = rule_data()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def trained(loss_fn=None, **changes):
+        model = new_model("convnet", x, 2, seed=0)
+        fit(model, xt, yt, CPU, options(epochs=4, lr=0.1, **changes), loss_fn=loss_fn)
+        return model
+
+    plain, explicit, smoothed = trained(), trained(loss_fn=cross_entropy), trained(label_smoothing=0.4)
+    for a, b in zip(plain.state_dict().values(), explicit.state_dict().values()):
+        assert torch.equal(a, b)
+    sure = lambda model: torch.softmax(predict(model, xt, CPU), 1).max(1).values.mean()  # noqa: E731
+    assert accuracy_and_loss(smoothed, xt, yt, CPU)["acc"] > 0.9  # it still learns the rule
+    assert sure(smoothed) < sure(plain) - 0.05
