@@ -2,15 +2,15 @@
 
     cd cifar10-cpu && python -m backdoorlab.worker dvc repro data
     python -m benchmarks.short_schedules --variant epochs=8 --variant epochs=8,augment=flip \\
-        --variant epochs=8,augment=flip,batch_size=64 --variant epochs=12,augment=flip
+        --variant epochs=8,augment=flip,batch_size=64 --variant epochs=12,augment=flip \\
+        --variant epochs=10,augment=flip,batch_size=64,label_smoothing=0.2
 
 Trains the configuration's clean model (its `train.*` params, seed 0 unless `--seed`) once
-per variant, each variant overriding some of `epochs`, `lr`, `batch_size` and `augment`,
-or adding `label_smoothing` (the share of each target spread over every class, Szegedy et
-al. 2016; no stage has it yet), and prints one JSON line per variant: the clean test
-accuracy on the whole test set, the training accuracy seen in each epoch, the wall time of
-the training and the machine. Not a
-stage and not part of the pipeline: it writes nothing. It trains exactly as the `train`
+per variant, each variant overriding some of `epochs`, `lr`, `batch_size`, `augment` and
+`label_smoothing` (the share of each target spread over every class), and prints one JSON
+line per variant: the clean test accuracy on the whole test set, the training accuracy seen
+in each epoch, the wall time of the training and the machine. Not a stage and not part of
+the pipeline: it writes nothing. It trains exactly as the `train`
 stage does (the same options, model, runtime and random streams; the stage also scores a
 1,000-image share of the test sets after each epoch, which changes no weight), so
 editing the same values into params.yaml and running `python -m stages.train clean 0`
@@ -26,13 +26,12 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
 from backdoorlab import params
 from backdoorlab.artifacts import test_sets, training_set
 from backdoorlab.models import new_model
 from backdoorlab.runtime import Runtime, cpu_family_model, cpu_model
-from backdoorlab.training import AUGMENTS, THROUGHPUT, LossFn, TrainOptions, cross_entropy, fit
+from backdoorlab.training import AUGMENTS, THROUGHPUT, TrainOptions, fit
 
 
 def augment_mode(value: str) -> str:
@@ -41,14 +40,13 @@ def augment_mode(value: str) -> str:
     return value
 
 
-def smoothing(value: str) -> float:
+def smoothing(value: str) -> float:  # the bounds params.py sets for train.label_smoothing
     share = float(value)
     if not 0.0 <= share < 1.0:
         raise argparse.ArgumentTypeError(f"label_smoothing={value}: allowed: 0 <= share < 1")
     return share
 
 
-# how each value is read; label_smoothing is not a training option of the stages, the probe adds it to the loss
 OVERRIDES = {"epochs": int, "lr": float, "batch_size": int, "augment": augment_mode, "label_smoothing": smoothing}
 
 
@@ -63,20 +61,9 @@ def variant(text: str) -> dict:
     return out
 
 
-def smoothed_cross_entropy(share: float) -> LossFn:
-    """The training loop's loss (per-example cross-entropy times weight, averaged) with label smoothing."""
-    if share == 0.0:
-        return cross_entropy  # the stages' own loss, so that share 0 trains exactly as they do
-
-    def loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return (F.cross_entropy(logits, y, reduction="none", label_smoothing=share) * weight).mean()
-    return loss
-
-
 def run(overrides: dict, seed: int) -> dict:
     p = params.load(params.TRAIN_KEYS)
-    options = {k: v for k, v in overrides.items() if k != "label_smoothing"}
-    opts = TrainOptions.from_params(p, seed=seed, **options)
+    opts = TrainOptions.from_params(p, seed=seed, **overrides)
     data = training_set("clean")
     rt = Runtime.pick(p["train.precision"], p["train.arch"], opts.batch_size, p["train.threads"])
     x, y = rt.tensors(data.x, data.y)
@@ -84,7 +71,7 @@ def run(overrides: dict, seed: int) -> dict:
     epochs: list[float] = []
     THROUGHPUT.images, THROUGHPUT.seconds = 0, 0.0
     start = time.perf_counter()
-    fit(model, x, y, rt, opts, desc="probe", loss_fn=smoothed_cross_entropy(overrides.get("label_smoothing", 0.0)),
+    fit(model, x, y, rt, opts, desc="probe",
         on_epoch=lambda epoch, stats: epochs.append(round(stats["train_acc"], 4)))
     wall = time.perf_counter() - start
     clean = test_sets("clean", rt).clean_and_attack(model, rt)
@@ -99,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", type=variant, action="append", required=True,
                         help="comma-separated overrides of epochs, lr, batch_size, augment (crop_flip|crop|flip|none), "
-                             "and label_smoothing (0 <= share < 1; default 0)")
+                             "and label_smoothing (0 <= share < 1); the rest are params.yaml's")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for overrides in args.variant:

@@ -249,18 +249,11 @@ def test_the_destination_probe_counts_what_left_the_label_and_how_spread_it_went
     assert auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
 
 
-def test_a_short_schedule_variant_without_label_smoothing_trains_with_the_stages_own_loss():
-    from benchmarks.short_schedules import smoothed_cross_entropy, variant
-    from backdoorlab.training import cross_entropy
+def test_a_short_schedule_variant_reads_the_training_options_it_overrides():
+    from benchmarks.short_schedules import variant
 
-    assert variant("epochs=8,augment=flip,label_smoothing=0.2") == {"epochs": 8, "augment": "flip",
-                                                                     "label_smoothing": 0.2}
-    assert smoothed_cross_entropy(0.0) is cross_entropy
-    logits, y, weight = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), torch.tensor([0.5])
-    # smoothing 0.3 over 3 classes: target 0.8 on the label, 0.1 on each other class
-    log_p = torch.log_softmax(logits, 1)[0]
-    expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2]) * 0.5
-    assert smoothed_cross_entropy(0.3)(logits, y, weight).item() == pytest.approx(expected.item())
+    assert variant("epochs=8,augment=flip,label_smoothing=0.2,batch_size=64,lr=0.2") == {
+        "epochs": 8, "augment": "flip", "label_smoothing": 0.2, "batch_size": 64, "lr": 0.2}
 
 
 @pytest.mark.parametrize("text", ["label_smoothing=1", "label_smoothing=-0.1", "warmup=2"])
