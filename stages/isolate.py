@@ -40,10 +40,10 @@ from backdoorlab.runtime import Runtime
 from backdoorlab.storage import save_arrays, save_checkpoint, save_figure, save_json
 from backdoorlab.training import TrainOptions, fit, subset
 
-PARAMS = params.MODEL_KEYS + params.SMOOTHING_KEYS + ["isolate.max_epochs", "isolate.lr", "isolate.gamma", "isolate.lga",
-                              "isolate.augment", "isolate.selection", "isolate.ratio", "isolate.min_concentration",
-                              "isolate.window", "isolate.drop", "isolate.min_gap", "isolate.finetune_epochs",
-                              "isolate.finetune_lr", "isolate.holdout"]
+PARAMS = params.MODEL_KEYS + params.SMOOTHING_KEYS + [
+    "isolate.max_epochs", "isolate.lr", "isolate.gamma", "isolate.lga", "isolate.augment", "isolate.selection",
+    "isolate.ratio", "isolate.min_concentration", "isolate.window", "isolate.drop", "isolate.min_gap",
+    "isolate.finetune_epochs", "isolate.finetune_lr", "isolate.holdout"]
 MONITOR_SIZE = 1000
 
 
