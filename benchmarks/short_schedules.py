@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any, Callable
 
 import torch
 
@@ -31,23 +32,26 @@ from backdoorlab import params
 from backdoorlab.artifacts import test_sets, training_set
 from backdoorlab.models import new_model
 from backdoorlab.runtime import Runtime, cpu_family_model, cpu_model
-from backdoorlab.training import AUGMENTS, THROUGHPUT, TrainOptions, fit
+from backdoorlab.training import THROUGHPUT, TrainOptions, fit
 
 
-def augment_mode(value: str) -> str:
-    if value not in AUGMENTS:
-        raise argparse.ArgumentTypeError(f"augment={value!r}: allowed: {', '.join(AUGMENTS)}")
-    return value
+def checked(key: str, read: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Reads `key=text` as params.yaml's `train.<key>` would be: the same range and the same message."""
+    spec = params.SCHEMA[f"train.{key}"]
+
+    def parse(text: str) -> Any:
+        try:
+            value = read(text)
+        except ValueError:
+            value = text
+        if not spec.check(value):
+            raise argparse.ArgumentTypeError(f"{key}={text}: allowed: {spec.allowed}")
+        return value
+    return parse
 
 
-def smoothing(value: str) -> float:  # the bounds params.py sets for train.label_smoothing
-    share = float(value)
-    if not 0.0 <= share < 1.0:
-        raise argparse.ArgumentTypeError(f"label_smoothing={value}: allowed: 0 <= share < 1")
-    return share
-
-
-OVERRIDES = {"epochs": int, "lr": float, "batch_size": int, "augment": augment_mode, "label_smoothing": smoothing}
+OVERRIDES = {key: checked(key, read) for key, read in
+             {"epochs": int, "lr": float, "batch_size": int, "augment": str, "label_smoothing": float}.items()}
 
 
 def variant(text: str) -> dict:

@@ -256,8 +256,9 @@ def test_a_short_schedule_variant_reads_the_training_options_it_overrides():
         "epochs": 8, "augment": "flip", "label_smoothing": 0.2, "batch_size": 64, "lr": 0.2}
 
 
-@pytest.mark.parametrize("text", ["label_smoothing=1", "label_smoothing=-0.1", "warmup=2"])
-def test_a_short_schedule_variant_out_of_range_or_unknown_is_refused(text):
+@pytest.mark.parametrize("text", ["label_smoothing=1", "label_smoothing=-0.1", "epochs=0", "augment=rotate",
+                                  "lr=fast", "warmup=2"])
+def test_a_short_schedule_variant_out_of_params_yamls_range_or_unknown_is_refused(text):
     import argparse
 
     from benchmarks.short_schedules import variant
