@@ -109,10 +109,21 @@ def cpu_family_model() -> str | None:
     return f"{family}/{model}" if family and model else None
 
 
+# Environment variables that change which kernels torch and oneDNN run on the same CPU (and so which
+# precision is faster): a machine limited to AVX2 this way is, for `auto`, another machine.
+KERNEL_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def kernel_isa() -> str:
+    """The vector instruction set torch's own CPU kernels use here ('AVX512', 'AVX2', ...) and any oneDNN limit."""
+    limits = ",".join(f"{name}={os.environ[name]}" for name in KERNEL_ISA_VARIABLES if os.environ.get(name))
+    return torch.backends.cpu.get_cpu_capability() + (f" ({limits})" if limits else "")
+
+
 def _cache_file(arch: str, batch_size: int) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backdoorlab"
-    key = (f"{cpu_model()}|{cpu_family_model()}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}"
-           f"|{arch}|{batch_size}")
+    key = (f"{cpu_model()}|{cpu_family_model()}|{kernel_isa()}|{os.cpu_count()}|{torch.get_num_threads()}"
+           f"|{torch.__version__}|{arch}|{batch_size}")
     return root / f"runtime-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -161,7 +172,8 @@ def measured_cpu_runtime(arch: str, batch_size: int) -> Runtime:
         choice = measured["choice"]
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"cpu": cpu_model(), "cpu_family_model": cpu_family_model(), "arch": arch,
+        tmp.write_text(json.dumps({"cpu": cpu_model(), "cpu_family_model": cpu_family_model(),
+                                   "kernel_isa": kernel_isa(), "arch": arch,
                                    "batch_size": batch_size, **measured}))
         os.replace(tmp, cache)
     return Runtime(torch.device("cpu"), torch.bfloat16 if choice.startswith("bf16") else None,

@@ -16,6 +16,8 @@ sweeps/<name>.csv (one row per setting, model and seed; `--name`, by default the
 and sweeps/<name>.md (per setting, the report's table: mean +- std over seeds, the worst seed's ASR,
 isolation precision and recall; the clean model's accuracy on that target class,
 from its per-class accuracy, and its ASR on the attack's triggered images, as the yardsticks).
+Sweeps of the same grid run apart (one seed each, say, on a machine too small for three at once) make
+one table over all their seeds with `--merge sweeps/a.csv sweeps/b.csv --name ab`.
 """
 from __future__ import annotations
 
@@ -90,6 +92,41 @@ def tables(rows: list[dict], keys: list[str]) -> str:
     return "\n".join(out)
 
 
+def merged(paths: list[str], attack: str) -> tuple[list[dict], list[str]]:
+    """The rows of sweeps already run (their CSVs: the same grid, e.g. one file per seed, run on different days
+    or machines) as one sweep's, and the swept keys (the columns named like params, 'attack.target').
+    A (setting, model, seed) in two files would count twice: refused."""
+    frames = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise ParamError(f"--merge {path}: no such file (give the .csv files a sweep wrote under sweeps/)")
+        frames.append(pd.read_csv(path))
+    frame = pd.concat(frames, ignore_index=True)
+    if "model" not in frame or "seed" not in frame:
+        raise ParamError("--merge: these are not a sweep's CSV files (no 'model' and 'seed' columns)")
+    frame = frame[frame["model"].eq("clean data (reference)") | frame.get("attack", pd.Series(dtype=str)).eq(attack)]
+    keys = [column for column in frame.columns if "." in column]
+    if frame.empty or not keys:
+        raise ParamError(f"--merge: no rows of {attack} with a swept param in {', '.join(paths)}")
+    twice = frame[frame.duplicated(keys + ["model", "seed"], keep=False)]
+    if not twice.empty:
+        first = twice.iloc[0]
+        raise ParamError(f"--merge: {first['model']!r}, seed {first['seed']}, "
+                         + ", ".join(f"{k}={first[k]}" for k in keys) + " is in more than one file")
+    rows = [{k: v for k, v in r.items() if not pd.isna(v)} for r in frame.to_dict("records")]
+    return rows, keys
+
+
+def write(name: str, rows: list[dict], keys: list[str]) -> str:
+    """sweeps/<name>.csv (one row per setting, model and seed) and sweeps/<name>.md (the tables); returns the tables."""
+    OUT.mkdir(exist_ok=True)
+    with atomic_path(OUT / f"{name}.csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.4f")
+    table = tables(rows, keys)
+    save_text(OUT / f"{name}.md", table)
+    return table
+
+
 def run(cmd: list[str], check: bool = True) -> bool:
     """Echo and run `cmd`; with `check`, a failure raises, else it is returned as False."""
     print("+", " ".join(cmd), flush=True)
@@ -104,12 +141,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="a param and its values; repeat for a grid")
     parser.add_argument("--name", help="the tables' file name under sweeps/ (default: the attack)")
     parser.add_argument("--dry-run", action="store_true", help="print the experiments, run nothing")
+    parser.add_argument("--merge", nargs="+", metavar="CSV",
+                        help="run nothing: write one table (mean +- std over all their seeds) from sweeps already "
+                             "run, e.g. one per seed, as sweeps/<--name>.csv and .md")
     args = parser.parse_args(argv)
     if args.attack not in ATTACKS:
         raise ParamError(f"attack {args.attack!r}: choose one of {', '.join(ATTACKS)}")
     name = args.name or args.attack
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ParamError(f"--name {name!r}: letters, digits, '-' and '_' only")
+    if args.merge:
+        if args.set:
+            raise ParamError("--merge runs nothing: leave out --set (the swept keys are read from the files)")
+        print(write(name, *merged(args.merge, args.attack)))
+        return
     if not Path("params.yaml").exists() or not Path("dvc.yaml").exists():
         raise ParamError("run it in a configuration folder (one holding dvc.yaml and params.yaml)")
     params = yaml.safe_load(Path("params.yaml").read_text())
@@ -136,13 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         # Not fatal: in a folder whose committed outputs were never made here, the cache lacks them, and the
         # sweep's tables must still be written.
         restored = run([sys.executable, "-m", "dvc", "checkout", "--force", "--quiet"], check=False)
-    frame = pd.DataFrame(rows)
-    OUT.mkdir(exist_ok=True)
-    with atomic_path(OUT / f"{name}.csv") as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.4f")
-    table = tables(rows, list(points[0]))
-    save_text(OUT / f"{name}.md", table)
-    print(table)
+    print(write(name, rows, list(points[0])))
     if not restored:
         print("warning: some committed outputs are not in this folder's DVC cache and were not put back; "
               "`dvc repro` remakes them", file=sys.stderr)

@@ -68,7 +68,8 @@ import torch
 import yaml
 
 from backdoorlab.models import ARCHITECTURES, new_model
-from backdoorlab.runtime import Runtime, cpu_family_model, cpu_model, cpuinfo_field, measure_cpu_options
+from backdoorlab.runtime import (Runtime, cpu_family_model, cpu_model, cpuinfo_field, kernel_isa,
+                                 measure_cpu_options)
 from backdoorlab.storage import save_json
 from backdoorlab.training import TrainOptions, sgd, train_epoch
 
@@ -91,7 +92,8 @@ def cpu_flags() -> set[str]:
 def machine() -> dict:
     flags = cpu_flags()
     cuda = torch.cuda.is_available()
-    return {"cpu": cpu_model(), "cpu_family_model": cpu_family_model(), "cpu_count": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpu_family_model": cpu_family_model(), "kernel_isa": kernel_isa(),
+            "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "bf16_native": bool(flags & {"avx512_bf16", "amx_bf16"}),
             "bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "avx512f"}),

@@ -90,3 +90,17 @@ def test_model_input_turns_uint8_nhwc_into_unit_float_nchw():
     out = rt.model_input(rt.tensors(x))
     assert out.shape == (2, 3, 4, 5) and out.dtype == torch.float32
     assert out[1, 2, 0, 0] == 1.0 and out.sum() == 1.0
+
+
+def test_limiting_the_kernels_instruction_set_is_another_machine_for_auto(cpu_only, monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2 make a Zen 4 compute like an AVX2 CPU, where bf16 is slow."""
+    calls = []
+    monkeypatch.setattr(runtime, "measure_cpu_options", lambda arch, batch: calls.append(arch) or {"choice": "fp32"})
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    Runtime.pick("auto", "convnet", 64)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    Runtime.pick("auto", "convnet", 64)
+    Runtime.pick("auto", "convnet", 64)
+    assert calls == ["convnet", "convnet"]
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in runtime.kernel_isa()
