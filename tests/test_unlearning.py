@@ -122,11 +122,50 @@ def test_with_learning_speeds_only_examples_with_both_signals_are_unlearned():
     assert np.isin(slow_poison, without_speeds.forget).all()
 
 
-@pytest.mark.parametrize("expand, reads_speeds", [("features", True), ("features_alone", False)])
+def _two_signals(poison_b_centre, poison_b_speed, feature_sd, speed_sd):
+    """Label 0: 200 clean examples near [1, 0, 0] learned slowly; poison group A (40, near [0, 1, 0], the
+    isolated 20 among them) learned fast; poison group B (40) wherever and however fast the case needs.
+    Label 1: 100 others. Returns x, y, isolated, poison A, poison B, the learning speeds."""
+    rng = np.random.default_rng(0)
+
+    def group(centre, n):
+        f = np.asarray(centre, dtype=np.float32) + rng.normal(0, feature_sd, (n, 3)).astype(np.float32)
+        return np.concatenate([f, np.zeros((n, 1), dtype=np.float32)], 1)
+
+    x = torch.from_numpy(np.concatenate([group([1, 0, 0], 200), group([0, 1, 0], 40), group(poison_b_centre, 40),
+                                         rng.normal(0, 1, (100, 4)).astype(np.float32)]))[:, None, None, :]
+    y = np.array([0] * 280 + [1] * 100)
+    speed = np.concatenate([rng.normal(0.0, speed_sd, 200), rng.normal(-3.0, speed_sd, 40),
+                            rng.normal(poison_b_speed, speed_sd, 40), np.zeros(100)])
+    return x, y, np.arange(200, 220), np.arange(200, 240), np.arange(240, 280), speed
+
+
+def test_better_signal_follows_the_speeds_where_the_representation_splits_the_poison_in_two():
+    """CIFAR-10 BadNets on class 7, seed 2: half the poison sat with the clean horses in the fine-tuned model's
+    features, while the isolation had learned nearly all of it fast."""
+    x, y, isolated, poison_a, poison_b, speed = _two_signals([0.9, 0.1, 0.0], -3.0, feature_sd=0.15, speed_sd=0.1)
+    both = expand_in_features(RawFeatures(), x, y, isolated, CPU, speed)
+    better = expand_in_features(RawFeatures(), x, y, isolated, CPU, speed, combine="better")
+    assert not np.isin(poison_b, both.forget).any() and better.signal == "speed"
+    assert set(better.forget) == set(poison_a) | set(poison_b)  # every poisoned example, no clean one
+    assert not np.isin(poison_b, better.anchors).any() and len(better.anchors) == 100  # half the clean 200
+
+
+def test_better_signal_follows_the_representation_where_isolation_stopped_before_the_poison_was_learned():
+    """CIFAR-10 BadNets on class 3, seed 2: isolation stopped in its second epoch, when a third of the poison
+    was learned fast, while the fine-tuned model's features held nearly all of it on one side."""
+    x, y, isolated, poison_a, poison_b, speed = _two_signals([0.0, 1.0, 0.0], 0.0, feature_sd=0.05, speed_sd=0.8)
+    both = expand_in_features(RawFeatures(), x, y, isolated, CPU, speed)
+    better = expand_in_features(RawFeatures(), x, y, isolated, CPU, speed, combine="better")
+    assert np.isin(poison_b, both.forget).mean() < 0.5 and better.signal == "features"
+    assert set(better.forget) == set(poison_a) | set(poison_b)
+
+
+@pytest.mark.parametrize("expand, reads_speeds", [("features", True), ("features_alone", False), ("better_signal", True)])
 def test_features_alone_expands_without_the_learning_speed_filter(monkeypatch, expand, reads_speeds):
     seen = []
 
-    def expansion(model, x, y, isolated, rt, speed=None, rounds=1, pool="unsuspicious"):
+    def expansion(model, x, y, isolated, rt, speed=None, rounds=1, pool="unsuspicious", combine="both"):
         seen.append(speed)
         raise StopIteration  # only the expansion's arguments matter here
 
