@@ -108,6 +108,10 @@ def merged(paths: list[str], attack: str) -> tuple[list[dict], list[str]]:
     keys = [column for column in frame.columns if "." in column]
     if frame.empty or not keys:
         raise ParamError(f"--merge: no rows of {attack} with a swept param in {', '.join(paths)}")
+    unset = [k for k in keys if frame[k].isna().any()]
+    if unset:  # a row with no value of a key would drop out of the table without a word
+        raise ParamError(f"--merge: {unset[0]} is swept in some of the files and not in others: "
+                         "merge sweeps of the same params")
     twice = frame[frame.duplicated(keys + ["model", "seed"], keep=False)]
     if not twice.empty:
         first = twice.iloc[0]

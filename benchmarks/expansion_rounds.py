@@ -13,7 +13,9 @@ functions and scores each against the poison indices (data/poisoned/<attack>/tra
 which the defense never sees: how many poisoned and clean examples each round's high side
 holds, and what the unlearning would get (unlearned: the isolated and the fast examples of
 the high side; learned as clean examples of the label: the half of the rest that
-`abl.same_label_pool` picks) if it kept that round. The row marked `kept` is the round the defense keeps (the best-separated
+`abl.same_label_pool` picks) if it kept that round; with `abl.expand: better_signal`, the side of
+whichever split, features or learning speed, Otsu rates cleaner (the speed split's separation is printed
+with each run). The row marked `kept` is the round the defense keeps (the best-separated
 one); `last` is where the rounds ended.
 """
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch
 
 from backdoorlab import params
 from backdoorlab.artifacts import check_model_name, training_set
-from backdoorlab.defenses.abl import FeatureSplit, fast_learned, feature_splits, features, label_confidence, \
-    learned_alongside
+from backdoorlab.defenses.abl import FeatureSplit, feature_splits, features, label_confidence, learned_alongside, \
+    speed_split, unlearned_sides
 from backdoorlab.defenses.isolation import FINETUNED
 from backdoorlab.layout import isolated_file, model_file
 from backdoorlab.models import load_model
@@ -41,30 +43,30 @@ HEADER = ["| run | round | separation | high side: poisoned / clean | unlearned:
 
 
 def unlearning_sets(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, f: np.ndarray,
-                    confidence: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                    confidence: np.ndarray | None, combine: str = "both",
+                    speed_separation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Masks of what the unlearning would get if it kept this round: the examples it unlearns and those it learns
-    as clean examples of the label. The rule of expand_in_features, mirrored per round (a test holds the two
-    to the same sets)."""
-    high = split.high
-    rest = ~high & ~isolated
-    return isolated | high & fast, learned_alongside(rest, split.projection, f, confidence)
+    as clean examples of the label, by the defense's own rule (abl.unlearned_sides; a test holds the probe's
+    kept round to the defense's sets)."""
+    suspect, rest, _ = unlearned_sides(split, isolated, fast, combine, speed_separation)
+    return isolated | suspect, learned_alongside(rest, split.projection, f, confidence)
 
 
 def score_split(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, f: np.ndarray,
-                confidence: np.ndarray | None, poisoned: np.ndarray) -> dict:
+                confidence: np.ndarray | None, poisoned: np.ndarray, combine: str = "both",
+                speed_separation: float = 0.0) -> dict:
     """What the unlearning would get from this round, against the poison."""
     high = split.high
-    forget, anchors = unlearning_sets(split, isolated, fast, f, confidence)
+    forget, anchors = unlearning_sets(split, isolated, fast, f, confidence, combine, speed_separation)
     return {"separation": split.separation, "high": (int((high & poisoned).sum()), int((high & ~poisoned).sum())),
             "unlearned": (int((forget & poisoned).sum()), int((forget & ~poisoned).sum())),
             "anchors": (int((anchors & poisoned).sum()), int(anchors.sum()))}
 
 
-def probe(attack: str, seed: int, rounds: int, speed_filter: bool = True,
+def probe(attack: str, seed: int, rounds: int, expand: str = "features",
           pool: str = "unsuspicious") -> tuple[str, list[dict]]:
-    """Every round of the expansion for one run: a description and one score per round. Without
-    `speed_filter` (`abl.expand: features_alone`) every example of the label counts as fast; `pool` is
-    `abl.same_label_pool`."""
+    """Every round of the expansion for one run: a description and one score per round. `expand` is
+    `abl.expand` (features_alone: every example of the label counts as fast); `pool` is `abl.same_label_pool`."""
     p = params.load(params.MODEL_KEYS)
     data = training_set(check_model_name(attack))
     require(model_file(attack, seed, FINETUNED), isolated_file(attack, seed))
@@ -82,15 +84,17 @@ def probe(attack: str, seed: int, rounds: int, speed_filter: bool = True,
     f = features(model, xm, rt)
     confidence = label_confidence(model, xm, label, rt) if pool == "unsuspicious" else None
     isolated = np.isin(members, chosen)
-    fast = fast_learned(isolation["speed"] if speed_filter else None, members)
-    scores = [score_split(s, isolated, fast, f, confidence, poisoned)
+    speed_separation, fast = speed_split(None if expand == "features_alone" else isolation["speed"], members)
+    combine = "better" if expand == "better_signal" else "both"
+    scores = [score_split(s, isolated, fast, f, confidence, poisoned, combine, speed_separation)
               for s in feature_splits(f, isolated, fast, rounds)]
     kept = max(range(len(scores)), key=lambda i: scores[i]["separation"])  # the defense's choice: first of ties
     for i, s in enumerate(scores):
         s["mark"] = ", ".join(m for m, on in (("kept", i == kept), ("last", i == len(scores) - 1)) if on)
     name = (f"{attack} seed {seed}: label {label}, {len(members)} examples, {int(poisoned.sum())} poisoned, "
             f"{int(isolated.sum())} isolated ({int((isolated & poisoned).sum())} poisoned), "
-            f"{int(fast.sum())} fast ({int((fast & poisoned).sum())} poisoned)")
+            f"{int(fast.sum())} fast ({int((fast & poisoned).sum())} poisoned; speed split's separation "
+            f"{speed_separation:.3f})")
     return name, scores
 
 
@@ -114,12 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             check_model_name(attack)
         abl = params.load(["abl.expand_rounds", "abl.expand", "abl.same_label_pool"],
                           extra={"abl.expand_rounds": params.integer(1),
-                                 "abl.expand": params.choice("features", "features_alone"),
+                                 "abl.expand": params.choice("features", "features_alone", "better_signal"),
                                  "abl.same_label_pool": params.choice("unsuspicious", "low_projection")})
         rounds, pool = args.rounds or abl["abl.expand_rounds"], abl["abl.same_label_pool"]
         write_table(args, f"rounds at most {rounds}, abl.expand: {abl['abl.expand']}, abl.same_label_pool: {pool}",
-                    HEADER, lambda attack, seed: table(*probe(attack, seed, rounds, abl["abl.expand"] == "features",
-                                                              pool)))
+                    HEADER, lambda attack, seed: table(*probe(attack, seed, rounds, abl["abl.expand"], pool)))
     except (ParamError, FileNotFoundError) as exc:
         parser.exit(2, f"{exc}\n")
     return 0

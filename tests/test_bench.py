@@ -211,7 +211,8 @@ def test_the_oracle_probe_leaves_only_the_poison_out_of_the_expansions_anchors_a
 
 
 def test_the_expansion_probe_takes_from_its_kept_round_exactly_what_the_defense_unlearns_and_learns():
-    from backdoorlab.defenses.abl import expand_in_features, fast_learned, feature_splits, features, label_confidence
+    from backdoorlab.defenses.abl import (expand_in_features, fast_learned, feature_splits, features, label_confidence,
+                                          speed_split)
     from benchmarks.expansion_rounds import unlearning_sets
     from test_isolation import CPU
     from test_unlearning import skewed_label
@@ -234,6 +235,12 @@ def test_the_expansion_probe_takes_from_its_kept_round_exactly_what_the_defense_
     forget, anchors = unlearning_sets(kept, mask, every, f, confidence)
     alone = expand_in_features(model, x, y, isolated, CPU, None, rounds=10)
     assert np.array_equal(members[forget], alone.forget) and np.array_equal(members[anchors], alone.anchors)
+    # abl.expand: better_signal: the kept round's high side or the fast side, whichever Otsu rates cleaner
+    speed_separation, fast = speed_split(speed, members)
+    kept = max(feature_splits(f, mask, fast, 10), key=lambda s: s.separation)
+    forget, anchors = unlearning_sets(kept, mask, fast, f, confidence, "better", speed_separation)
+    better = expand_in_features(model, x, y, isolated, CPU, speed, rounds=10, combine="better")
+    assert np.array_equal(members[forget], better.forget) and np.array_equal(members[anchors], better.anchors)
 
 
 def test_the_destination_probe_counts_what_left_the_label_and_how_spread_it_went():

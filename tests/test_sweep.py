@@ -44,7 +44,7 @@ def test_sweeps_run_one_seed_at_a_time_merge_into_one_table_over_their_seeds(tmp
     assert len(pd.read_csv(tmp_path / "sweeps" / "three-seeds.csv")) == 12
 
 
-def test_merging_the_same_seed_twice_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+def test_merging_the_same_seed_twice_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     one = _sweep_csv(tmp_path / "a.csv", 0, {3: 0.005})
     again = _sweep_csv(tmp_path / "b.csv", 0, {3: 0.004})
@@ -59,3 +59,13 @@ def test_merge_refuses_a_missing_file_and_a_swept_key(tmp_path):
     one = _sweep_csv(tmp_path / "a.csv", 0, {3: 0.005})
     with pytest.raises(ParamError, match="leave out --set"):
         sweep.main(["badnets", "--merge", one, "--set", "attack.target=3"])
+
+
+def test_merging_sweeps_of_different_params_is_refused_rather_than_dropping_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one = _sweep_csv(tmp_path / "a.csv", 0, {3: 0.005})
+    other = tmp_path / "b.csv"
+    pd.read_csv(one).assign(seed=1).rename(columns={"attack.target": "attack.badnets_rate"}).to_csv(other, index=False)
+    with pytest.raises(ParamError, match="swept in some of the files and not in others"):
+        sweep.main(["badnets", "--merge", one, str(other), "--name", "mixed"])
+    assert not (tmp_path / "sweeps").exists()

@@ -161,12 +161,14 @@ def test_better_signal_follows_the_representation_where_isolation_stopped_before
     assert set(better.forget) == set(poison_a) | set(poison_b)
 
 
-@pytest.mark.parametrize("expand, reads_speeds", [("features", True), ("features_alone", False), ("better_signal", True)])
-def test_features_alone_expands_without_the_learning_speed_filter(monkeypatch, expand, reads_speeds):
-    seen = []
+@pytest.mark.parametrize("expand, reads_speeds, combine", [("features", True, "both"), ("features_alone", False, "both"),
+                                                           ("better_signal", True, "better")])
+def test_features_alone_expands_without_the_learning_speed_filter(monkeypatch, expand, reads_speeds, combine):
+    seen, combined = [], []
 
     def expansion(model, x, y, isolated, rt, speed=None, rounds=1, pool="unsuspicious", combine="both"):
         seen.append(speed)
+        combined.append(combine)
         raise StopIteration  # only the expansion's arguments matter here
 
     monkeypatch.setattr(abl, "expand_in_features", expansion)
@@ -175,7 +177,7 @@ def test_features_alone_expands_without_the_learning_speed_filter(monkeypatch, e
         unlearn(new_model("convnet", x.numpy(), 8, seed=0), x, y, np.sort(poisoned[:5]), np.arange(0), CPU,
                 TrainOptions(epochs=1, lr=0.01, seed=0), dataclasses.replace(CONFIG, expand=expand),
                 lambda m, stats: None, speed=np.zeros(len(y)))
-    assert (seen[0] is not None) == reads_speeds
+    assert (seen[0] is not None) == reads_speeds and combined == [combine]
 
 
 class TableFeatures(torch.nn.Module):

@@ -193,12 +193,30 @@ class FeatureSplit:
         return self.projection > self.threshold
 
 
+def speed_split(speed: np.ndarray | None, members: np.ndarray) -> tuple[float, np.ndarray]:
+    """Otsu's split of the `members`' learning speeds: its effectiveness and which are on the fast side
+    (0 and all of them, without speeds)."""
+    if speed is None:
+        return 0.0, np.ones(len(members), dtype=bool)
+    separation, fast_above = otsu_split(-speed[members])  # speed is a mean log loss: low is fast
+    return separation, -speed[members] > fast_above
+
+
 def fast_learned(speed: np.ndarray | None, members: np.ndarray) -> np.ndarray:
     """Which `members` are on the fast side of Otsu's split of their learning speeds (all, without speeds)."""
-    if speed is None:
-        return np.ones(len(members), dtype=bool)
-    _, fast_above = otsu_split(-speed[members])  # speed is a mean log loss: low is fast
-    return -speed[members] > fast_above
+    return speed_split(speed, members)[1]
+
+
+def unlearned_sides(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, combine: str = "both",
+                    speed_separation: float = 0.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Masks over the label's examples: the suspects unlearned beside the isolated ones, the rest the anchors
+    are drawn from, and the signal that decided. combine both: the split's high side that was also learned
+    fast (the rest: the low side); better: the high side of whichever split Otsu rates cleaner, alone."""
+    if combine == "better":
+        signal = "features" if split.separation >= speed_separation else "speed"
+        suspect = split.high if signal == "features" else fast
+        return suspect, ~suspect & ~isolated, signal
+    return split.high & fast, ~split.high & ~isolated, "both"
 
 
 def feature_splits(f: np.ndarray, isolated: np.ndarray, fast: np.ndarray, rounds: int) -> list[FeatureSplit]:
@@ -237,19 +255,14 @@ def expand_in_features(model: nn.Module, x: torch.Tensor, y: np.ndarray, isolate
     members = np.flatnonzero(y == label)
     f = features(model, x[torch.from_numpy(members).to(x.device)], rt)
     isolated_here = np.isin(members, isolated)
-    fast = fast_learned(speed, members)
+    speed_separation, fast = speed_split(speed, members)
     split = max(feature_splits(f, isolated_here, fast, rounds), key=lambda s: s.separation)  # first of ties
-    high, projection = split.high, split.projection
-    suspect, rest, signal = high & fast, ~high & ~isolated_here, "both"
-    if combine == "better":
-        speed_separation = otsu_split(-speed[members])[0] if speed is not None else 0.0
-        signal = "features" if split.separation >= speed_separation else "speed"
-        suspect = high if signal == "features" else fast
-        rest = ~suspect & ~isolated_here
+    suspect, rest, signal = unlearned_sides(split, isolated_here, fast, combine, speed_separation)
     forget = members[isolated_here | suspect]  # isolated examples of other labels are strays, not unlearned
     confidence = label_confidence(model, x[torch.from_numpy(members).to(x.device)], label, rt) \
         if pool == "unsuspicious" else None
-    return Expansion(forget, members[learned_alongside(rest, projection, f, confidence)], split.separation, signal)
+    return Expansion(forget, members[learned_alongside(rest, split.projection, f, confidence)], split.separation,
+                     signal)
 
 
 def label_confidence(model: nn.Module, x: torch.Tensor, label: int, rt: Runtime) -> np.ndarray:
