@@ -13,7 +13,7 @@ functions and scores each against the poison indices (data/poisoned/<attack>/tra
 which the defense never sees: how many poisoned and clean examples each round's high side
 holds, and what the unlearning would get (unlearned: the isolated and the fast examples of
 the high side; learned as clean examples of the label: the half of the rest that
-`abl.same_label_pool` picks) if it kept that round; with `abl.expand: better_signal`, the side of
+`abl.same_label_pool` picks, from the part `abl.same_label_from` names) if it kept that round; with `abl.expand: better_signal`, the side of
 whichever split, features or learning speed, Otsu rates cleaner (the speed split's separation is printed
 with each run). The row marked `kept` is the round the defense keeps (the best-separated
 one); `last` is where the rounds ended.
@@ -44,29 +44,30 @@ HEADER = ["| run | round | separation | high side: poisoned / clean | unlearned:
 
 def unlearning_sets(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, f: np.ndarray,
                     confidence: np.ndarray | None, combine: str = "both",
-                    speed_separation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                    speed_separation: float = 0.0, unflagged: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Masks of what the unlearning would get if it kept this round: the examples it unlearns and those it learns
     as clean examples of the label, by the defense's own rule (abl.unlearned_sides; a test holds the probe's
     kept round to the defense's sets)."""
-    suspect, rest, _ = unlearned_sides(split, isolated, fast, combine, speed_separation)
+    suspect, rest, _ = unlearned_sides(split, isolated, fast, combine, speed_separation, unflagged)
     return isolated | suspect, learned_alongside(rest, split.projection, f, confidence)
 
 
 def score_split(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, f: np.ndarray,
                 confidence: np.ndarray | None, poisoned: np.ndarray, combine: str = "both",
-                speed_separation: float = 0.0) -> dict:
+                speed_separation: float = 0.0, unflagged: bool = False) -> dict:
     """What the unlearning would get from this round, against the poison."""
     high = split.high
-    forget, anchors = unlearning_sets(split, isolated, fast, f, confidence, combine, speed_separation)
+    forget, anchors = unlearning_sets(split, isolated, fast, f, confidence, combine, speed_separation, unflagged)
     return {"separation": split.separation, "high": (int((high & poisoned).sum()), int((high & ~poisoned).sum())),
             "unlearned": (int((forget & poisoned).sum()), int((forget & ~poisoned).sum())),
             "anchors": (int((anchors & poisoned).sum()), int(anchors.sum()))}
 
 
 def probe(attack: str, seed: int, rounds: int, expand: str = "features",
-          pool: str = "unsuspicious") -> tuple[str, list[dict]]:
+          pool: str = "unsuspicious", same_label_from: str = "low_side") -> tuple[str, list[dict]]:
     """Every round of the expansion for one run: a description and one score per round. `expand` is
-    `abl.expand` (features_alone: every example of the label counts as fast); `pool` is `abl.same_label_pool`."""
+    `abl.expand` (features_alone: every example of the label counts as fast); `pool` is `abl.same_label_pool`,
+    `same_label_from` `abl.same_label_from`."""
     p = params.load(params.MODEL_KEYS)
     data = training_set(check_model_name(attack))
     require(model_file(attack, seed, FINETUNED), isolated_file(attack, seed))
@@ -86,7 +87,8 @@ def probe(attack: str, seed: int, rounds: int, expand: str = "features",
     isolated = np.isin(members, chosen)
     speed_separation, fast = speed_split(None if expand == "features_alone" else isolation["speed"], members)
     combine = "better" if expand == "better_signal" else "both"
-    scores = [score_split(s, isolated, fast, f, confidence, poisoned, combine, speed_separation)
+    unflagged = same_label_from == "unflagged" and expand != "features_alone"  # as the defense: needs speeds
+    scores = [score_split(s, isolated, fast, f, confidence, poisoned, combine, speed_separation, unflagged)
               for s in feature_splits(f, isolated, fast, rounds)]
     kept = max(range(len(scores)), key=lambda i: scores[i]["separation"])  # the defense's choice: first of ties
     for i, s in enumerate(scores):
@@ -116,13 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for attack in args.attacks:
             check_model_name(attack)
-        abl = params.load(["abl.expand_rounds", "abl.expand", "abl.same_label_pool"],
+        abl = params.load(["abl.expand_rounds", "abl.expand", "abl.same_label_pool", "abl.same_label_from"],
                           extra={"abl.expand_rounds": params.integer(1),
                                  "abl.expand": params.choice("features", "features_alone", "better_signal"),
-                                 "abl.same_label_pool": params.choice("unsuspicious", "low_projection")})
-        rounds, pool = args.rounds or abl["abl.expand_rounds"], abl["abl.same_label_pool"]
-        write_table(args, f"rounds at most {rounds}, abl.expand: {abl['abl.expand']}, abl.same_label_pool: {pool}",
-                    HEADER, lambda attack, seed: table(*probe(attack, seed, rounds, abl["abl.expand"], pool)))
+                                 "abl.same_label_pool": params.choice("unsuspicious", "low_projection"),
+                                 "abl.same_label_from": params.choice("low_side", "unflagged")})
+        rounds, pool, source = args.rounds or abl["abl.expand_rounds"], abl["abl.same_label_pool"], \
+            abl["abl.same_label_from"]
+        write_table(args, f"rounds at most {rounds}, abl.expand: {abl['abl.expand']}, abl.same_label_pool: {pool}, "
+                    f"abl.same_label_from: {source}", HEADER,
+                    lambda attack, seed: table(*probe(attack, seed, rounds, abl["abl.expand"], pool, source)))
     except (ParamError, FileNotFoundError) as exc:
         parser.exit(2, f"{exc}\n")
     return 0

@@ -241,6 +241,10 @@ def test_the_expansion_probe_takes_from_its_kept_round_exactly_what_the_defense_
     forget, anchors = unlearning_sets(kept, mask, fast, f, confidence, "better", speed_separation)
     better = expand_in_features(model, x, y, isolated, CPU, speed, rounds=10, combine="better")
     assert np.array_equal(members[forget], better.forget) and np.array_equal(members[anchors], better.anchors)
+    # abl.same_label_from: unflagged: the anchors come from what neither signal flags
+    forget, anchors = unlearning_sets(kept, mask, fast, f, confidence, unflagged=True)
+    unflagged = expand_in_features(model, x, y, isolated, CPU, speed, rounds=10, same_label_from="unflagged")
+    assert np.array_equal(members[forget], unflagged.forget) and np.array_equal(members[anchors], unflagged.anchors)
 
 
 def test_the_destination_probe_counts_what_left_the_label_and_how_spread_it_went():

@@ -161,23 +161,46 @@ def test_better_signal_follows_the_representation_where_isolation_stopped_before
     assert set(better.forget) == set(poison_a) | set(poison_b)
 
 
+def test_anchors_drawn_from_what_neither_signal_flags_leave_out_poison_the_representation_missed():
+    """CIFAR-10 BadNets on class 7, seed 2: the poison the representation put with the clean horses had been
+    learned fast, and learning it as horses kept the backdoor (141-179 poisoned anchors, ASR 22.7%). With
+    same_label_from: unflagged, what one signal flags is neither unlearned nor learned."""
+    x, y, isolated, poison_a, poison_b, speed = _two_signals([0.9, 0.1, 0.0], -3.0, feature_sd=0.15, speed_sd=0.1)
+    low_side = expand_in_features(RawFeatures(), x, y, isolated, CPU, speed, pool="low_projection")
+    unflagged = expand_in_features(RawFeatures(), x, y, isolated, CPU, speed, pool="low_projection",
+                                   same_label_from="unflagged")
+    assert np.isin(poison_b, low_side.anchors).sum() >= 10
+    assert set(unflagged.forget) == set(low_side.forget)  # the same examples unlearned
+    assert not np.isin(unflagged.anchors, np.concatenate([poison_a, poison_b])).any()
+    assert len(unflagged.anchors) == 100  # half of the 200 clean examples, all slow and on the low side
+
+
+def test_without_learning_speeds_unflagged_anchors_are_the_low_side_as_before():
+    x, y, isolated, _, _, _ = _two_signals([0.9, 0.1, 0.0], -3.0, feature_sd=0.15, speed_sd=0.1)
+    a = expand_in_features(RawFeatures(), x, y, isolated, CPU, pool="low_projection")
+    b = expand_in_features(RawFeatures(), x, y, isolated, CPU, pool="low_projection", same_label_from="unflagged")
+    assert np.array_equal(a.anchors, b.anchors) and len(a.anchors)
+
+
 @pytest.mark.parametrize("expand, reads_speeds, combine", [("features", True, "both"), ("features_alone", False, "both"),
                                                            ("better_signal", True, "better")])
 def test_features_alone_expands_without_the_learning_speed_filter(monkeypatch, expand, reads_speeds, combine):
     seen, combined = [], []
 
-    def expansion(model, x, y, isolated, rt, speed=None, rounds=1, pool="unsuspicious", combine="both"):
+    def expansion(model, x, y, isolated, rt, speed=None, rounds=1, pool="unsuspicious", combine="both",
+                  same_label_from="low_side"):
         seen.append(speed)
-        combined.append(combine)
+        combined.append((combine, same_label_from))
         raise StopIteration  # only the expansion's arguments matter here
 
     monkeypatch.setattr(abl, "expand_in_features", expansion)
     x, y, poisoned = images(200, seed=0, poison_rate=0.1)
     with pytest.raises(StopIteration):
         unlearn(new_model("convnet", x.numpy(), 8, seed=0), x, y, np.sort(poisoned[:5]), np.arange(0), CPU,
-                TrainOptions(epochs=1, lr=0.01, seed=0), dataclasses.replace(CONFIG, expand=expand),
+                TrainOptions(epochs=1, lr=0.01, seed=0),
+                dataclasses.replace(CONFIG, expand=expand, same_label_from="unflagged"),
                 lambda m, stats: None, speed=np.zeros(len(y)))
-    assert (seen[0] is not None) == reads_speeds and combined == [combine]
+    assert (seen[0] is not None) == reads_speeds and combined == [(combine, "unflagged")]
 
 
 class TableFeatures(torch.nn.Module):
@@ -254,7 +277,8 @@ def test_refining_settles_on_the_nearest_split_which_can_be_the_wrong_one():
 
 # ------------------------------------------------------------------ unlearning and its stop rule
 
-CONFIG = UnlearningConfig(expand="features", expand_rounds=10, same_label_pool="low_projection", objective="forget",
+CONFIG = UnlearningConfig(expand="features", expand_rounds=10, same_label_pool="low_projection",
+                          same_label_from="low_side", objective="forget",
                           loss_cap=0.0, lr=0.005, batch_size=64, max_epochs=6,
                           clean_ratio=2.0, same_label_ratio=2.0, stop="isolated_acc", stop_isolated_acc=0.05,
                           max_clean_drop=0.05, class_drop_se=2.0, max_kept_drop=0.15,

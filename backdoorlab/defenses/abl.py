@@ -208,15 +208,19 @@ def fast_learned(speed: np.ndarray | None, members: np.ndarray) -> np.ndarray:
 
 
 def unlearned_sides(split: FeatureSplit, isolated: np.ndarray, fast: np.ndarray, combine: str = "both",
-                    speed_separation: float = 0.0) -> tuple[np.ndarray, np.ndarray, str]:
+                    speed_separation: float = 0.0, unflagged: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
     """Masks over the label's examples: the suspects unlearned beside the isolated ones, the rest the anchors
     are drawn from, and the signal that decided. combine both: the split's high side that was also learned
-    fast (the rest: the low side); better: the high side of whichever split Otsu rates cleaner, alone."""
+    fast (the rest: the low side); better: the high side of whichever split Otsu rates cleaner, alone (the
+    rest: the other side of that split). With `unflagged` the rest is what neither signal flags: the low side
+    that was also learned slowly (same_label_from: unflagged)."""
     if combine == "better":
         signal = "features" if split.separation >= speed_separation else "speed"
         suspect = split.high if signal == "features" else fast
-        return suspect, ~suspect & ~isolated, signal
-    return split.high & fast, ~split.high & ~isolated, "both"
+    else:
+        signal, suspect = "both", split.high & fast
+    rest = ~split.high & ~fast & ~isolated if unflagged else ~(split.high if signal == "both" else suspect) & ~isolated
+    return suspect, rest, signal
 
 
 def feature_splits(f: np.ndarray, isolated: np.ndarray, fast: np.ndarray, rounds: int) -> list[FeatureSplit]:
@@ -237,7 +241,8 @@ def feature_splits(f: np.ndarray, isolated: np.ndarray, fast: np.ndarray, rounds
 
 def expand_in_features(model: nn.Module, x: torch.Tensor, y: np.ndarray, isolated: np.ndarray,
                        rt: Runtime, speed: np.ndarray | None = None, rounds: int = 1,
-                       pool: str = "unsuspicious", combine: str = "both") -> Expansion:
+                       pool: str = "unsuspicious", combine: str = "both",
+                       same_label_from: str = "low_side") -> Expansion:
     """Find the rest of the poison: in a model that learned the backdoor, poisoned inputs share a
     representation (Chen et al. 2018, activation clustering). Seeded by the isolated examples, every
     example of their label is projected on the direction from the rest of that label to the isolated
@@ -250,14 +255,16 @@ def expand_in_features(model: nn.Module, x: torch.Tensor, y: np.ndarray, isolate
     the direction is taken again from the isolated and the suspects found, until they stop changing,
     and the split of the round Otsu rates best is kept (the module's notes say why). With `combine:
     better`, the high side of whichever signal Otsu splits more cleanly is unlearned on its own, and the
-    anchors come from the rest of that one (the module's notes say when each signal fails)."""
+    anchors come from the rest of that one (the module's notes say when each signal fails). With
+    `same_label_from: unflagged` (and `speed`), the anchors come only from what neither signal flags."""
     label = int(np.bincount(y[isolated]).argmax())
     members = np.flatnonzero(y == label)
     f = features(model, x[torch.from_numpy(members).to(x.device)], rt)
     isolated_here = np.isin(members, isolated)
     speed_separation, fast = speed_split(speed, members)
     split = max(feature_splits(f, isolated_here, fast, rounds), key=lambda s: s.separation)  # first of ties
-    suspect, rest, signal = unlearned_sides(split, isolated_here, fast, combine, speed_separation)
+    suspect, rest, signal = unlearned_sides(split, isolated_here, fast, combine, speed_separation,
+                                            unflagged=same_label_from == "unflagged" and speed is not None)
     forget = members[isolated_here | suspect]  # isolated examples of other labels are strays, not unlearned
     confidence = label_confidence(model, x[torch.from_numpy(members).to(x.device)], label, rt) \
         if pool == "unsuspicious" else None
@@ -301,6 +308,7 @@ class UnlearningConfig:
     expand: str  # features | features_alone: without the learning-speed filter | better_signal | none: the isolated only
     expand_rounds: int  # features: directions taken at most, each from what the one before found (1: the isolated)
     same_label_pool: str  # features: unsuspicious | low_projection: which half of the label's rest is learned alongside
+    same_label_from: str  # features: low_side | unflagged: the label's rest those anchors are drawn from
     objective: str  # forget | ascent
     loss_cap: float  # ascent only
     lr: float
@@ -363,7 +371,8 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, isolated: np.nda
     if len(isolated) and cfg.expand in ("features", "features_alone", "better_signal"):
         speed_signal = None if cfg.expand == "features_alone" else speed  # features_alone: the feature split decides
         split = expand_in_features(model, x, labels, isolated, rt, speed_signal, cfg.expand_rounds,
-                                   cfg.same_label_pool, combine="better" if cfg.expand == "better_signal" else "both")
+                                   cfg.same_label_pool, combine="better" if cfg.expand == "better_signal" else "both",
+                                   same_label_from=cfg.same_label_from)
         forget, anchors = split.forget, split.anchors
         # A backdoor has one target: only its label is unlearned, and every other label's examples are
         # learned alongside and measured, those of the few isolated strays' labels too (CIFAR-10
@@ -441,6 +450,7 @@ class ABL(Defense):
 
     knobs = {"expand": choice("features", "features_alone", "better_signal", "none"), "expand_rounds": integer(1),
              "same_label_pool": choice("unsuspicious", "low_projection"),
+             "same_label_from": choice("low_side", "unflagged"),
              "objective": choice("forget", "ascent"), "loss_cap": number(0.0), "lr": number(0.0, lo_open=True),
              "batch_size": integer(1),
              "max_epochs": integer(0), "clean_ratio": number(0.0), "same_label_ratio": number(0.0),
