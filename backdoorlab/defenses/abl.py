@@ -40,8 +40,14 @@ This project's ABL (entry `abl`, the default), every choice made on training dat
   stopped in its second epoch, and the fast side held 714. The other signal held 1,799
   (93 clean with them) and 1,994 (4 clean), and Otsu rated it the cleaner split (0.775
   against 0.742, 0.885 against 0.839). `abl.expand: better_signal` unlearns the high side
-  of the cleaner split alone (an option, not yet the default: see the README). Half
-  of the rest of the label is learned alongside as its clean examples ("anchors",
+  of the cleaner split alone (an option, not yet the default: see the README). What
+  one signal flags and the other does not is neither unlearned nor learned: the anchors
+  below come only from what neither flags (`same_label_from: unflagged`). Drawn from the
+  whole low side of the feature split (`low_side`, the earlier rule), the class-7 run's
+  anchors held 179 poisoned images, most of them learned fast (learned as horses, they
+  kept the backdoor: ASR 22.7%); drawn from the unflagged part, 9 (ASR 2.9%, same
+  isolation). Half
+  of that rest of the label is learned alongside as its clean examples ("anchors",
   `same_label_pool`). The poison the split misses is other classes' images with a
   trigger: it looks unlike the label, yet the model is sure of it, since the trigger
   decides; a hard clean example of the label looks unlike it too, but the model is
